@@ -1,0 +1,310 @@
+//! The gRPC API (`processstate.v1.ProcessService`): request validation, store calls, and
+//! conversion to protobuf. Health and reflection are assembled with it in `app`.
+
+mod convert;
+mod error;
+mod page_token;
+pub mod pb;
+pub mod watch;
+
+pub use error::{ApiError, ERROR_DOMAIN};
+
+use crate::domain::{ProcessStatus, TaskStatus, TaskType, WatchFilter};
+use crate::store::{PageRequest, ProcessFilter, Store, TaskFilter};
+use pb::process_service_server::{ProcessService, ProcessServiceServer};
+use pb::{
+    GetProcessRequest, GetProcessResponse, ListProcessesRequest, ListProcessesResponse,
+    ListTasksRequest, ListTasksResponse, WatchProcessRequest, WatchProcessResponse,
+    WatchProcessesRequest, WatchProcessesResponse,
+};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+use watch::{WatchRequest, Watchers};
+
+/// Page size when the request gives none.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Largest page; larger requests are served this many (AIP-158 coerces, it does not reject).
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// The `ProcessService` implementation.
+#[derive(Debug, Clone)]
+pub struct ProcessApi {
+    store: Arc<dyn Store>,
+    watchers: Watchers,
+}
+
+/// A server stream of one of the Watch RPCs.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl ProcessApi {
+    pub fn new(store: Arc<dyn Store>, watchers: Watchers) -> Self {
+        Self { store, watchers }
+    }
+
+    /// The tonic service.
+    pub fn into_service(self) -> ProcessServiceServer<Self> {
+        ProcessServiceServer::new(self)
+    }
+
+    /// Opens a watch stream and wraps its events in the RPC's response type.
+    async fn watch<T: Send + 'static>(
+        &self,
+        request: WatchRequest,
+        wrap: fn(pb::WatchEvent) -> T,
+    ) -> Result<Response<ResponseStream<T>>, Status> {
+        let events = self.watchers.open(request).await?;
+        Ok(Response::new(Box::pin(
+            events.map(move |event| event.map(wrap)),
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl ProcessService for ProcessApi {
+    type WatchProcessStream = ResponseStream<WatchProcessResponse>;
+    type WatchProcessesStream = ResponseStream<WatchProcessesResponse>;
+
+    async fn watch_process(
+        &self,
+        request: Request<WatchProcessRequest>,
+    ) -> Result<Response<Self::WatchProcessStream>, Status> {
+        let req = request.into_inner();
+        validate_id("process_id", &req.process_id)?;
+        let filter = WatchFilter {
+            process_id: Some(req.process_id),
+            ..Default::default()
+        };
+        let request = WatchRequest {
+            filter,
+            start_revision: req.start_revision,
+            fail_if_compacted: req.fail_if_compacted,
+        };
+        self.watch(request, |event| WatchProcessResponse { event: Some(event) })
+            .await
+    }
+
+    async fn watch_processes(
+        &self,
+        request: Request<WatchProcessesRequest>,
+    ) -> Result<Response<Self::WatchProcessesStream>, Status> {
+        let req = request.into_inner();
+        let filter = WatchFilter {
+            process_id: None,
+            statuses: req.statuses.iter().map(|&s| ProcessStatus(s)).collect(),
+            biz_type: non_empty(req.biz_type),
+            flow_definition_id: non_empty(req.flow_definition_id),
+        };
+        let request = WatchRequest {
+            filter,
+            start_revision: req.start_revision,
+            fail_if_compacted: req.fail_if_compacted,
+        };
+        self.watch(request, |event| WatchProcessesResponse {
+            event: Some(event),
+        })
+        .await
+    }
+
+    async fn get_process(
+        &self,
+        request: Request<GetProcessRequest>,
+    ) -> Result<Response<GetProcessResponse>, Status> {
+        let process_id = request.into_inner().process_id;
+        validate_id("process_id", &process_id)?;
+        let (detail, revision) = self
+            .store
+            .get_process(&process_id)
+            .await
+            .map_err(ApiError::from)?;
+        let detail = detail.ok_or(ApiError::ProcessNotFound(process_id))?;
+        Ok(Response::new(GetProcessResponse {
+            process: Some(detail.into()),
+            revision,
+        }))
+    }
+
+    async fn list_processes(
+        &self,
+        request: Request<ListProcessesRequest>,
+    ) -> Result<Response<ListProcessesResponse>, Status> {
+        let mut req = request.into_inner();
+        let (page, fingerprint) = start_page(&mut req)?;
+        let filter = ProcessFilter {
+            statuses: req.statuses.iter().map(|&s| ProcessStatus(s)).collect(),
+            biz_type: non_empty(req.biz_type),
+            flow_definition_id: non_empty(req.flow_definition_id),
+            changed_since: changed_since(req.changed_since.as_ref())?,
+        };
+        let page = self
+            .store
+            .list_processes(&filter, &page)
+            .await
+            .map_err(ApiError::from)?;
+        let next_page_token = next_token(
+            page.more,
+            page.items.last().map(|p| p.process_id.as_str()),
+            &fingerprint,
+        );
+        Ok(Response::new(ListProcessesResponse {
+            processes: page.items.into_iter().map(Into::into).collect(),
+            next_page_token,
+            revision: page.revision,
+        }))
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
+        let mut req = request.into_inner();
+        let (page, fingerprint) = start_page(&mut req)?;
+        if !req.process_id.is_empty() {
+            validate_id("process_id", &req.process_id)?;
+        }
+        let filter = TaskFilter {
+            process_id: non_empty(req.process_id),
+            statuses: req.statuses.iter().map(|&s| TaskStatus(s)).collect(),
+            types: req.types.iter().map(|&s| TaskType(s)).collect(),
+            biz_type: non_empty(req.biz_type),
+            flow_definition_id: non_empty(req.flow_definition_id),
+            node_definition_id: non_empty(req.node_definition_id),
+            changed_since: changed_since(req.changed_since.as_ref())?,
+        };
+        let page = self
+            .store
+            .list_tasks(&filter, &page)
+            .await
+            .map_err(ApiError::from)?;
+        let next_page_token = next_token(
+            page.more,
+            page.items.last().map(|t| t.approver_id.as_str()),
+            &fingerprint,
+        );
+        Ok(Response::new(ListTasksResponse {
+            tasks: page.items.into_iter().map(Into::into).collect(),
+            next_page_token,
+            revision: page.revision,
+        }))
+    }
+}
+
+/// Feishu ids are decimal strings today; accept what an id could plausibly become, refuse what
+/// cannot be one (empty, huge, spaces, punctuation).
+fn validate_id(field: &'static str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() {
+        return Err(ApiError::invalid(field, "must not be empty"));
+    }
+    if id.len() > 64 {
+        return Err(ApiError::invalid(field, "must be at most 64 characters"));
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(ApiError::invalid(
+            field,
+            "must contain only letters, digits, '_' or '-'",
+        ));
+    }
+    Ok(())
+}
+
+/// A list request: its paging fields, taken out so the rest is the filter.
+trait Paged: prost::Message + Sized {
+    fn take_paging(&mut self) -> (i32, String);
+}
+
+impl Paged for ListProcessesRequest {
+    fn take_paging(&mut self) -> (i32, String) {
+        (
+            std::mem::take(&mut self.page_size),
+            std::mem::take(&mut self.page_token),
+        )
+    }
+}
+
+impl Paged for ListTasksRequest {
+    fn take_paging(&mut self) -> (i32, String) {
+        (
+            std::mem::take(&mut self.page_size),
+            std::mem::take(&mut self.page_token),
+        )
+    }
+}
+
+/// Validates the paging fields and returns where to start and the filter's fingerprint (the
+/// request with paging cleared), which binds the page tokens to the filter.
+fn start_page(req: &mut impl Paged) -> Result<(PageRequest, String), ApiError> {
+    let (size, token) = req.take_paging();
+    let limit = page_size(size)?;
+    let fingerprint = page_token::fingerprint(req);
+    Ok((
+        PageRequest {
+            after: resume_after(&token, &fingerprint)?,
+            limit,
+        },
+        fingerprint,
+    ))
+}
+
+fn page_size(requested: i32) -> Result<u32, ApiError> {
+    match requested {
+        n if n < 0 => Err(ApiError::invalid("page_size", "must not be negative")),
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n => Ok((n as u32).min(MAX_PAGE_SIZE)),
+    }
+}
+
+fn resume_after(token: &str, fingerprint: &str) -> Result<Option<String>, ApiError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    page_token::decode(token, fingerprint)
+        .map(Some)
+        .map_err(|e| ApiError::invalid("page_token", e))
+}
+
+fn next_token(more: bool, last_id: Option<&str>, fingerprint: &str) -> String {
+    match (more, last_id) {
+        (true, Some(last)) => page_token::encode(last, fingerprint),
+        _ => String::new(),
+    }
+}
+
+fn changed_since(
+    t: Option<&prost_types::Timestamp>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    t.map(|t| {
+        convert::from_timestamp(t)
+            .ok_or_else(|| ApiError::invalid("changed_since", "is not a valid timestamp"))
+    })
+    .transpose()
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(validate_id("process_id", "7384728360900888108").is_ok());
+        assert!(validate_id("process_id", "people_1-a").is_ok());
+        for bad in ["", "a b", "1;drop", &"9".repeat(65), "过程"] {
+            assert!(validate_id("process_id", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn page_sizes() {
+        assert_eq!(page_size(0).unwrap(), 100);
+        assert_eq!(page_size(7).unwrap(), 7);
+        assert_eq!(page_size(5000).unwrap(), 1000);
+        assert!(page_size(-1).is_err());
+    }
+}

@@ -1,0 +1,121 @@
+//! The per-replica feed: one doorbell (Postgres LISTEN) plus a periodic poll, reading the
+//! change log by revision and broadcasting each change set to this replica's watchers.
+//!
+//! NOTIFY is only a doorbell (ARCHITECTURE.md invariant 6): the hub always reads the log after
+//! the last revision it broadcast, so a lost notification or a reconnect costs at most one
+//! poll interval, never a change. The broadcast ring is bounded; a watcher that falls behind
+//! it is told (`Lagged`) and catches up from the log itself.
+
+use crate::domain::ChangeSet;
+use crate::store::{Doorbell, Store};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Revisions read from the log in one query.
+const READ_LIMIT: u32 = 500;
+
+/// Handle to the feed.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    sets: broadcast::Sender<Arc<ChangeSet>>,
+}
+
+impl Hub {
+    /// Starts the feed task. `capacity` bounds the broadcast ring (change sets).
+    pub fn start(
+        store: Arc<dyn Store>,
+        capacity: usize,
+        poll_interval: Duration,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (sets, _) = broadcast::channel(capacity.max(1));
+        let feed = Feed {
+            store,
+            sets: sets.clone(),
+            poll_interval,
+        };
+        let handle = tokio::spawn(feed.run(shutdown));
+        (Self { sets }, handle)
+    }
+
+    /// Receives every change set broadcast from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ChangeSet>> {
+        self.sets.subscribe()
+    }
+}
+
+struct Feed {
+    store: Arc<dyn Store>,
+    sets: broadcast::Sender<Arc<ChangeSet>>,
+    poll_interval: Duration,
+}
+
+impl Feed {
+    async fn run(self, shutdown: CancellationToken) {
+        // Start at the current end of the log: watchers read older changes themselves.
+        let mut position = loop {
+            match self.store.log_bounds().await {
+                Ok(bounds) => break bounds.current,
+                Err(err) => {
+                    warn!(error = %err, "change feed cannot read the log; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(self.poll_interval) => {}
+                    }
+                }
+            }
+        };
+        let mut doorbell: Option<Box<dyn Doorbell>> = None;
+        loop {
+            if doorbell.is_none() {
+                match self.store.doorbell().await {
+                    Ok(d) => doorbell = Some(d),
+                    Err(err) => debug!(error = %err, "change feed cannot LISTEN; polling"),
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(self.poll_interval) => {}
+                rung = ring(&mut doorbell) => if let Err(err) = rung {
+                    warn!(error = %err, "change feed lost its LISTEN connection; reconnecting");
+                    doorbell = None;
+                }
+            }
+            position = self.read_from(position).await;
+        }
+    }
+
+    /// Broadcasts everything committed after `position`; returns the new position.
+    async fn read_from(&self, mut position: i64) -> i64 {
+        loop {
+            match self.store.changes_after(position, None, READ_LIMIT).await {
+                Ok(log) => {
+                    let cut_by_limit = log.sets.len() >= READ_LIMIT as usize;
+                    for set in log.sets {
+                        position = set.revision;
+                        // No receivers is fine: nobody is watching.
+                        let _ = self.sets.send(Arc::new(set));
+                    }
+                    position = position.max(log.through);
+                    if !cut_by_limit {
+                        return position;
+                    }
+                }
+                Err(err) => {
+                    warn!(error = %err, "change feed cannot read the log");
+                    return position;
+                }
+            }
+        }
+    }
+}
+
+async fn ring(doorbell: &mut Option<Box<dyn Doorbell>>) -> Result<(), crate::store::StoreError> {
+    match doorbell {
+        Some(d) => d.ring().await,
+        None => std::future::pending().await,
+    }
+}

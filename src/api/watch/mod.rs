@@ -1,0 +1,340 @@
+//! `WatchProcess` and `WatchProcesses`: validate, snapshot (or resume), then deltas.
+//!
+//! A stream subscribes to the replica's [`Hub`] first and then reads the change log from its
+//! position, so the log read and the broadcast overlap and nothing falls between them; change
+//! sets at or below the position are skipped, so nothing is sent twice. A stream that falls
+//! behind the broadcast ring reads the log again. Every message carries a position the client
+//! can resume from. Streams are polled by the transport only as fast as the client reads, so a
+//! slow client costs its own stream a catch-up, never the others a wait.
+
+pub mod hub;
+
+pub use hub::Hub;
+
+use super::error::{ApiError, ERROR_DOMAIN};
+use super::pb::{self, watch_event::Kind};
+use crate::domain::{ChangeSet, WatchFilter};
+use crate::store::{LogBounds, ProcessFilter, SnapshotItem, Store};
+use futures_core::Stream;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Revisions read from the log per query while catching up.
+const CATCH_UP_LIMIT: u32 = 500;
+
+/// Watch settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// Idle streams get a heartbeat this often.
+    pub heartbeat: Duration,
+    /// Most open streams on this replica.
+    pub max_watchers: usize,
+    /// Collection snapshots read at once. Each holds a database connection in a snapshot
+    /// transaction while its client receives it, so they must not be able to take the whole
+    /// pool from ingest.
+    pub concurrent_snapshots: usize,
+    /// Longest a collection snapshot may take; a client that reads it slower loses the stream
+    /// (ABORTED, retry) rather than holding a connection and a transaction open.
+    pub snapshot_deadline: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(15),
+            max_watchers: 20_000,
+            concurrent_snapshots: 4,
+            snapshot_deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a stream follows and from where.
+#[derive(Debug, Clone)]
+pub struct WatchRequest {
+    pub filter: WatchFilter,
+    pub start_revision: Option<i64>,
+    pub fail_if_compacted: bool,
+}
+
+/// A stream of watch events.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+/// Opens watch streams on this replica.
+#[derive(Debug, Clone)]
+pub struct Watchers {
+    store: Arc<dyn Store>,
+    hub: Hub,
+    config: WatchConfig,
+    open: Arc<AtomicUsize>,
+    snapshots: Arc<tokio::sync::Semaphore>,
+    shutdown: CancellationToken,
+}
+
+impl Watchers {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: Hub,
+        config: WatchConfig,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            hub,
+            config,
+            open: Arc::default(),
+            snapshots: Arc::new(tokio::sync::Semaphore::new(
+                config.concurrent_snapshots.max(1),
+            )),
+            shutdown,
+        }
+    }
+
+    /// Streams open right now.
+    pub fn open_streams(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Validates the request and opens the stream. Errors here are the RPC's status.
+    pub async fn open(&self, request: WatchRequest) -> Result<EventStream, Status> {
+        let slot = Slot::take(&self.open, self.config.max_watchers).ok_or_else(|| {
+            let details = ErrorDetails::with_error_info("TOO_MANY_WATCHERS", ERROR_DOMAIN, []);
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                "this replica has no room for another watch; retry on another replica or later",
+                details,
+            )
+        })?;
+        let bounds = self.store.log_bounds().await.map_err(ApiError::from)?;
+        if let Some(start) = request.start_revision {
+            if start < 0 {
+                return Err(ApiError::invalid("start_revision", "must not be negative").into());
+            }
+            if start > bounds.current {
+                let msg = format!(
+                    "is in the future: the latest revision is {}",
+                    bounds.current
+                );
+                return Err(ApiError::invalid("start_revision", msg).into());
+            }
+            if start < bounds.pruned_through && request.fail_if_compacted {
+                return Err(compacted(start, bounds.pruned_through));
+            }
+        }
+        Ok(Box::pin(stream(self.clone(), request, bounds, slot)))
+    }
+}
+
+fn compacted(start: i64, oldest: i64) -> Status {
+    let details = ErrorDetails::with_error_info(
+        "REVISION_COMPACTED",
+        ERROR_DOMAIN,
+        [
+            ("oldest_revision".to_owned(), oldest.to_string()),
+            ("start_revision".to_owned(), start.to_string()),
+        ],
+    );
+    let msg = format!(
+        "revision {start} is older than the retained change log; the oldest resumable revision is {oldest}"
+    );
+    Status::with_error_details(Code::OutOfRange, msg, details)
+}
+
+/// One open stream's share of the replica's limit.
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()?;
+        Some(Self(open.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn message(revision: i64, kind: Kind) -> pb::WatchEvent {
+    pb::WatchEvent {
+        revision,
+        kind: Some(kind),
+    }
+}
+
+fn store_status(err: crate::store::StoreError) -> Status {
+    ApiError::from(err).into()
+}
+
+/// What woke the live loop.
+enum Next {
+    Shutdown,
+    Received(Result<Arc<ChangeSet>, RecvError>),
+    Idle,
+}
+
+fn stream(
+    w: Watchers,
+    request: WatchRequest,
+    bounds: LogBounds,
+    slot: Slot,
+) -> impl Stream<Item = Result<pb::WatchEvent, Status>> + Send {
+    async_stream::try_stream! {
+        let _slot = slot;
+        let filter = request.filter;
+        let mut position = match request.start_revision {
+            Some(start) if start >= bounds.pruned_through => start,
+            start => {
+                if start.is_some() {
+                    let reset = pb::Reset { oldest_revision: bounds.pruned_through };
+                    yield message(bounds.pruned_through, Kind::Reset(reset));
+                }
+                let (reader, mut items) = start_snapshot(&w, &filter);
+                let Some(SnapshotItem::Revision(revision)) = items.recv().await else {
+                    reader.await.map_err(|e| Status::internal(e.to_string()))??;
+                    Err(Status::internal("the snapshot ended before it started"))?;
+                    unreachable!()
+                };
+                let mut count = 0;
+                while let Some(item) = items.recv().await {
+                    if let SnapshotItem::Process(process) = item {
+                        count += 1;
+                        yield message(revision, Kind::Snapshot((*process).into()));
+                    }
+                }
+                // The channel also closes when the reader fails: never end a partial snapshot.
+                reader.await.map_err(|e| Status::internal(e.to_string()))??;
+                yield message(revision, Kind::SnapshotEnd(pb::SnapshotEnd { process_count: count }));
+                revision
+            }
+        };
+
+        let mut live = w.hub.subscribe();
+        let mut catching_up = true;
+        let mut last_sent = Instant::now();
+        loop {
+            if catching_up {
+                let log = w.store.changes_after(position, filter.process_id.as_deref(), CATCH_UP_LIMIT).await.map_err(store_status)?;
+                if log.pruned_through > position {
+                    let details = ErrorDetails::with_error_info("FELL_BEHIND", ERROR_DOMAIN, [("resume_revision".to_owned(), position.to_string())]);
+                    Err(Status::with_error_details(Code::Aborted, format!("the stream fell behind the retained change log at revision {position}"), details))?;
+                }
+                catching_up = log.sets.len() >= CATCH_UP_LIMIT as usize;
+                for set in log.sets {
+                    position = set.revision;
+                    if filter.matches(&set) {
+                        last_sent = Instant::now();
+                        yield message(set.revision, Kind::Change((&set).into()));
+                    }
+                }
+                position = position.max(log.through);
+                continue;
+            }
+            let next = tokio::select! {
+                biased;
+                _ = w.shutdown.cancelled() => Next::Shutdown,
+                received = live.recv() => Next::Received(received),
+                _ = tokio::time::sleep_until(last_sent + w.config.heartbeat) => Next::Idle,
+            };
+            match next {
+                Next::Received(Ok(set)) => {
+                    if set.revision > position {
+                        position = set.revision;
+                        if filter.matches(&set) {
+                            last_sent = Instant::now();
+                            yield message(set.revision, Kind::Change(set.as_ref().into()));
+                        }
+                    }
+                }
+                Next::Received(Err(RecvError::Lagged(_))) => {
+                    live = w.hub.subscribe();
+                    catching_up = true;
+                }
+                Next::Idle => {
+                    last_sent = Instant::now();
+                    yield message(position, Kind::Heartbeat(pb::Heartbeat {}));
+                }
+                Next::Shutdown | Next::Received(Err(RecvError::Closed)) => {
+                    yield message(position, Kind::Heartbeat(pb::Heartbeat {}));
+                    Err(Status::unavailable(format!("the server is shutting down; resume from revision {position}")))?;
+                }
+            }
+        }
+    }
+}
+
+/// Why a snapshot did not complete.
+#[derive(Debug)]
+enum SnapshotError {
+    Store(crate::store::StoreError),
+    Deadline,
+}
+
+impl From<SnapshotError> for Status {
+    fn from(err: SnapshotError) -> Self {
+        match err {
+            SnapshotError::Store(err) => store_status(err),
+            SnapshotError::Deadline => {
+                let details = ErrorDetails::with_error_info("SNAPSHOT_TOO_SLOW", ERROR_DOMAIN, []);
+                let msg = "the snapshot was not received within its deadline; retry, reading faster or with a narrower filter";
+                Status::with_error_details(Code::Aborted, msg, details)
+            }
+        }
+    }
+}
+
+/// Starts reading the snapshot for `filter` in a task of its own: first its revision, then
+/// the processes in id order, through a small bounded channel, so a large collection is read
+/// page by page as the client receives it. The task's result says whether it was complete.
+fn start_snapshot(
+    w: &Watchers,
+    filter: &WatchFilter,
+) -> (
+    tokio::task::JoinHandle<Result<(), SnapshotError>>,
+    tokio::sync::mpsc::Receiver<SnapshotItem>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let store = w.store.clone();
+    let filter = filter.clone();
+    let (snapshots, deadline) = (w.snapshots.clone(), w.config.snapshot_deadline);
+    let reader = tokio::spawn(async move {
+        let Some(process_id) = &filter.process_id else {
+            let process_filter = ProcessFilter {
+                statuses: filter.statuses.clone(),
+                biz_type: filter.biz_type.clone(),
+                flow_definition_id: filter.flow_definition_id.clone(),
+                changed_since: None,
+            };
+            let _permit = snapshots
+                .acquire_owned()
+                .await
+                .map_err(|_| SnapshotError::Deadline)?;
+            return tokio::time::timeout(deadline, store.snapshot(&process_filter, tx))
+                .await
+                .map_err(|_| SnapshotError::Deadline)?
+                .map_err(SnapshotError::Store);
+        };
+        let (detail, revision) = store
+            .get_process(process_id)
+            .await
+            .map_err(SnapshotError::Store)?;
+        if tx.send(SnapshotItem::Revision(revision)).await.is_ok()
+            && let Some(detail) = detail
+        {
+            let _ = tx.send(SnapshotItem::Process(Box::new(detail))).await;
+        }
+        Ok(())
+    });
+    (reader, rx)
+}

@@ -1,0 +1,312 @@
+//! Builds and runs the whole service from a [`Config`]: store and migrations, the ingest
+//! writer, the HTTP listener (webhook, probes) and the gRPC listener (API, health,
+//! reflection). `main` and the integration tests both use it; tests bind port 0 and read the
+//! bound addresses back.
+
+use crate::api::watch::{Hub, Watchers};
+use crate::api::{ProcessApi, pb};
+use crate::config::Config;
+use crate::ingest::Ingest;
+use crate::intake::webhook::{WebhookState, auth::WebhookAuth};
+use crate::store::{PgStore, Retention, Store, StoreError};
+use axum::serve::ListenerExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot bind {what} listener on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{what} server failed: {message}")]
+    Serve { what: &'static str, message: String },
+}
+
+/// A built service: connected, migrated and bound, not yet serving.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    store: PgStore,
+    http: TcpListener,
+    grpc: TcpListener,
+}
+
+impl App {
+    /// Connects to the database, applies migrations and binds both listeners.
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        let store = PgStore::connect(
+            config.database.clone(),
+            config.db_max_connections,
+            config.db_acquire_timeout,
+        )
+        .await?;
+        store.migrate().await?;
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind { what, addr, source })
+        };
+        let http = bind("HTTP", config.http_addr).await?;
+        let grpc = bind("gRPC", config.grpc_addr).await?;
+        Ok(Self {
+            config,
+            store,
+            http,
+            grpc,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` fires, then drains: listeners stop accepting, in-flight
+    /// requests finish (bounded by `shutdown_grace`), and the writer commits what it accepted.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
+        let Self {
+            config,
+            store,
+            http,
+            grpc,
+        } = self;
+        let pool = store.pool().clone();
+        let store: Arc<dyn Store> = Arc::new(store);
+        let metrics = crate::metrics::Metrics::new();
+        let (ingest, writer) = Ingest::start(store.clone(), config.writer, metrics.clone());
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let (readiness, health_task) = crate::health::start(
+            store.clone(),
+            reporter,
+            config.health_interval,
+            shutdown.clone(),
+        );
+        let (hub, feed_task) = Hub::start(
+            store.clone(),
+            config.feed_capacity,
+            config.feed_poll_interval,
+            shutdown.clone(),
+        );
+        let watchers = Watchers::new(store.clone(), hub, config.watch, shutdown.clone());
+        let pruner = tokio::spawn(prune(
+            store.clone(),
+            config.retention,
+            config.prune_interval,
+            shutdown.clone(),
+        ));
+
+        let webhook = WebhookState {
+            auth: Arc::new(WebhookAuth::new(
+                config.encrypt_key.clone(),
+                config.verification_token.clone(),
+            )),
+            ingest: ingest.clone(),
+            ingest_timeout: config.ingest_timeout,
+            body_limit: config.body_limit,
+            metrics: metrics.clone(),
+        };
+        let (worker_state, worker) = match config.long_connection.clone() {
+            Some(worker_config) => {
+                let (state, handle) = crate::intake::longconn::start(
+                    worker_config,
+                    ingest.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                );
+                (Some(state), Some(handle))
+            }
+            None => (None, None),
+        };
+        let probes = crate::http::Probes {
+            database: readiness,
+            long_connection: worker_state,
+        };
+        let scrape = crate::http::Scrape {
+            metrics: metrics.clone(),
+            pool,
+            watchers: watchers.clone(),
+            long_connection: probes.long_connection.clone(),
+        };
+        let http_router = crate::http::router(webhook, probes, scrape);
+        let http_shutdown = shutdown.clone();
+        let http_server = tokio::spawn(async move {
+            // Small responses must not wait for the peer's delayed ACK (Nagle): ~40 ms stalls.
+            axum::serve(
+                http.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                }),
+                http_router,
+            )
+            .with_graceful_shutdown(http_shutdown.cancelled_owned())
+            .await
+            .map_err(|e| AppError::Serve {
+                what: "HTTP",
+                message: e.to_string(),
+            })
+        });
+
+        let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+            builder
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // google.rpc error details, so grpcurl can show BadRequest/ErrorInfo in errors.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1()
+            .map_err(|e| AppError::Serve {
+                what: "reflection",
+                message: e.to_string(),
+            })?;
+        let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1alpha()
+            .map_err(|e| AppError::Serve {
+                what: "reflection",
+                message: e.to_string(),
+            })?;
+        let grpc_router = tonic::transport::Server::builder()
+            // gRPC-web for browsers: HTTP/1.1 too, CORS for the configured origins only.
+            .accept_http1(true)
+            .layer(crate::metrics::RpcMetricsLayer(metrics.clone()))
+            .layer(cors(&config.cors_allow_origins))
+            // The dashboard's page and script, next to the API it calls.
+            .layer(crate::dashboard::DashboardLayer)
+            .layer(tonic_web::GrpcWebLayer::new())
+            // Keepalive pings keep idle watch streams open through proxies and find dead peers.
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // NOT_FOUND and friends are answers, not server failures: debug level only.
+            .layer(tower_http::trace::TraceLayer::new_for_grpc().on_failure(
+                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+            ))
+            .add_service(ProcessApi::new(store.clone(), watchers).into_service())
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        let grpc_shutdown = shutdown.clone();
+        let grpc_server = tokio::spawn(async move {
+            grpc_router
+                .serve_with_incoming_shutdown(nodelay(grpc), grpc_shutdown.cancelled_owned())
+                .await
+                .map_err(|e| AppError::Serve {
+                    what: "gRPC",
+                    message: e.to_string(),
+                })
+        });
+        info!(http = %config.http_addr, grpc = %config.grpc_addr, "serving");
+
+        let servers = async {
+            let (h, g) = tokio::join!(http_server, grpc_server);
+            for joined in [h, g] {
+                joined.map_err(|e| AppError::Serve {
+                    what: "server task",
+                    message: e.to_string(),
+                })??;
+            }
+            Ok::<(), AppError>(())
+        };
+        tokio::pin!(servers);
+        let result = tokio::select! {
+            result = &mut servers => result,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(config.shutdown_grace).await } => {
+                warn!(grace = ?config.shutdown_grace, "graceful shutdown took too long; cutting open connections");
+                Ok(())
+            }
+        };
+        if result.is_err() {
+            shutdown.cancel();
+        }
+        if let Some(worker) = worker
+            && tokio::time::timeout(config.shutdown_grace, worker)
+                .await
+                .is_err()
+        {
+            warn!("long-connection worker did not stop in time");
+        }
+        drop(ingest);
+        let _ = tokio::join!(health_task, feed_task, pruner);
+        if tokio::time::timeout(config.shutdown_grace, writer)
+            .await
+            .is_err()
+        {
+            warn!("ingest writer did not finish its last batch in time");
+        }
+        info!("stopped");
+        result
+    }
+}
+
+/// CORS for gRPC-web: preflights answered for the allowed origins, the gRPC status headers
+/// exposed to the page. No origin is granted anything unless configured.
+fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
+    use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
+    tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::AllowOrigin::list(origins.iter().cloned()))
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers([
+            CONTENT_TYPE,
+            AUTHORIZATION,
+            HeaderName::from_static("x-grpc-web"),
+            HeaderName::from_static("x-user-agent"),
+            HeaderName::from_static("grpc-timeout"),
+            HeaderName::from_static("connect-protocol-version"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+        ])
+        .max_age(Duration::from_secs(3600))
+}
+
+/// Accepted gRPC connections with `TCP_NODELAY`: without it a small response can wait for the
+/// peer's delayed ACK (the Nagle interaction), which showed as ~40 ms p99 stalls.
+fn nodelay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        })
+    })
+}
+
+/// Prunes the change log every `interval` until shutdown. Any replica may prune; the store
+/// serializes them.
+async fn prune(
+    store: Arc<dyn Store>,
+    retention: Retention,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match store.prune(retention).await {
+            Ok(through) => tracing::debug!(pruned_through = through, "change log pruned"),
+            Err(err) => warn!(error = %err, "change log not pruned"),
+        }
+    }
+}

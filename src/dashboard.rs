@@ -1,0 +1,78 @@
+//! The live dashboard (built from `dashboard/` with `npm run build`, embedded here), served on
+//! the gRPC listener at `/` so its gRPC-web calls go to its own origin: internal users reach
+//! it where they reach the API, and no CORS grant is needed.
+//!
+//! It is a tower layer in front of gRPC-web rather than a route behind it, because tonic-web
+//! refuses every HTTP/1.1 request that is not gRPC-web, and browsers load pages over HTTP/1.1.
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, header};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+const INDEX: &str = include_str!("../dashboard/index.html");
+const SCRIPT: &str = include_str!("../dashboard/dist/dashboard.js");
+
+/// Answers `GET /` and `GET /dashboard.js`; everything else goes to the inner service.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DashboardLayer;
+
+impl<S> tower::Layer<S> for DashboardLayer {
+    type Service = Dashboard<S>;
+
+    fn layer(&self, inner: S) -> Dashboard<S> {
+        Dashboard { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Dashboard<S> {
+    inner: S,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<Request<B>> for Dashboard<S>
+where
+    S: tower::Service<Request<B>, Response = Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let asset = match (request.method(), request.uri().path()) {
+            (&Method::GET, "/") => Some((INDEX, "text/html; charset=utf-8")),
+            (&Method::GET, "/dashboard.js") => Some((SCRIPT, "text/javascript; charset=utf-8")),
+            _ => None,
+        };
+        match asset {
+            Some((body, content_type)) => {
+                Box::pin(std::future::ready(Ok(asset_response(body, content_type))))
+            }
+            None => Box::pin(self.inner.call(request)),
+        }
+    }
+}
+
+fn asset_response(body: &'static str, content_type: &'static str) -> Response<tonic::body::Body> {
+    let mut response = Response::new(tonic::body::Body::new(http_body_util::Full::new(
+        Bytes::from_static(body.as_bytes()),
+    )));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Scripts only from this origin; the page's styles are inline.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'self'; style-src 'self' 'unsafe-inline'"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}

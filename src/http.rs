@@ -1,0 +1,107 @@
+//! The HTTP listener's router: the Feishu webhook, `/healthz` (the process is up) and
+//! `/readyz` (events can be stored and received: the database answers, the long connection,
+//! when enabled, has not stopped), and `/metrics` (Prometheus).
+
+use crate::api::watch::Watchers;
+use crate::health::Readiness;
+use crate::intake::longconn::WorkerState;
+use crate::intake::webhook::{self, WebhookState};
+use crate::metrics::Metrics;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use serde_json::json;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+
+/// What `/readyz` looks at.
+#[derive(Debug, Clone)]
+pub struct Probes {
+    pub database: Readiness,
+    /// The long-connection worker's state, when it is enabled.
+    pub long_connection: Option<watch::Receiver<WorkerState>>,
+}
+
+/// What `/metrics` reads at scrape time besides the registry.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    pub metrics: Arc<Metrics>,
+    pub pool: sqlx::PgPool,
+    pub watchers: Watchers,
+    pub long_connection: Option<watch::Receiver<WorkerState>>,
+}
+
+pub fn router(webhook: WebhookState, probes: Probes, scrape: Scrape) -> Router {
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(scrape);
+    let probes = Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(ready))
+        .with_state(probes);
+    // Expected failures (a 503 while the database is down, a 401) are logged once, by the
+    // handler, at the level they deserve; the trace layer records them at debug only.
+    let trace =
+        TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG));
+    webhook::router(webhook)
+        .merge(probes)
+        .merge(metrics)
+        .layer(trace)
+}
+
+/// The Prometheus exposition (OpenMetrics text), with the live gauges refreshed first.
+async fn metrics(State(s): State<Scrape>) -> impl IntoResponse {
+    let m = &s.metrics;
+    m.watch_streams.set(s.watchers.open_streams() as i64);
+    m.db_connections.set(i64::from(s.pool.size()));
+    m.db_connections_idle.set(s.pool.num_idle() as i64);
+    if let Some(worker) = &s.long_connection {
+        let current = worker.borrow().name();
+        for state in ["connecting", "connected", "backing_off", "stopped"] {
+            let labels = crate::metrics::StateLabels {
+                state: state.into(),
+            };
+            m.long_connection_state
+                .get_or_create(&labels)
+                .set(i64::from(state == current));
+        }
+    }
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        m.encode(),
+    )
+}
+
+/// Ready when the database answers and the long connection (if enabled) has not stopped:
+/// a stopped worker needs an operator. Connecting or backing off is reported, not failed.
+async fn ready(State(probes): State<Probes>) -> impl IntoResponse {
+    let database = *probes.database.borrow();
+    let worker = probes.long_connection.as_ref().map(|w| w.borrow().clone());
+    let stopped = matches!(worker, Some(WorkerState::Stopped { .. }));
+    let mut body = json!({
+        "status": if database && !stopped { "ready" } else { "not ready" },
+        "database": if database { "up" } else { "down" },
+    });
+    if let Some(state) = worker {
+        let reason = match &state {
+            WorkerState::BackingOff { reason } | WorkerState::Stopped { reason } => {
+                Some(reason.clone())
+            }
+            _ => None,
+        };
+        body["long_connection"] = json!({ "state": state.name(), "reason": reason });
+    }
+    let status = if database && !stopped {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}

@@ -1,0 +1,168 @@
+//! The batching writer: one task per replica that drains queued events into one transaction
+//! (group commit), then answers every waiting delivery with its own outcome.
+//!
+//! A batch that fails is retried event by event, so one poison event fails only its own
+//! delivery. The queue is bounded: when it is full, `submit` waits, and the caller's deadline
+//! (the webhook's 3 s budget) turns that wait into a 503 and a redelivery, never a lost event.
+
+use crate::domain::Event;
+use crate::metrics::Metrics;
+use crate::store::{Outcome, Store, StoreError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, info_span, warn};
+
+/// Batching limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterConfig {
+    /// Most events in one transaction.
+    pub max_batch: usize,
+    /// How long a batch waits for more events after the first; zero commits what is queued.
+    pub max_wait: Duration,
+    /// Events that may wait for the writer before `submit` itself waits.
+    pub queue: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 256,
+            max_wait: Duration::ZERO,
+            queue: 4096,
+        }
+    }
+}
+
+/// Why an event was not stored. The cause was logged by the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IngestError {
+    #[error("the store is unavailable")]
+    Unavailable,
+    #[error("the store failed to commit the event")]
+    Failed,
+    #[error("the ingest writer has stopped")]
+    Stopped,
+}
+
+struct Job {
+    event: Event,
+    reply: oneshot::Sender<Result<Outcome, IngestError>>,
+}
+
+/// Handle to the writer; cheap to clone, one per intake path.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    queue: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("event_id", &self.event.event_id)
+            .finish()
+    }
+}
+
+impl Ingest {
+    /// Starts the writer. It runs until every `Ingest` handle is dropped and the queue is
+    /// drained, so awaiting the returned handle after shutdown flushes accepted events.
+    pub fn start(
+        store: Arc<dyn Store>,
+        config: WriterConfig,
+        metrics: Arc<Metrics>,
+    ) -> (Self, JoinHandle<()>) {
+        let (queue, jobs) = mpsc::channel(config.queue.max(1));
+        let handle = tokio::spawn(run(store, jobs, config, metrics));
+        (Self { queue }, handle)
+    }
+
+    /// Stores one event; returns once its transaction committed (or failed).
+    pub async fn submit(&self, event: Event) -> Result<Outcome, IngestError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(Job { event, reply })
+            .await
+            .map_err(|_| IngestError::Stopped)?;
+        answer.await.map_err(|_| IngestError::Stopped)?
+    }
+}
+
+async fn run(
+    store: Arc<dyn Store>,
+    mut queue: mpsc::Receiver<Job>,
+    config: WriterConfig,
+    metrics: Arc<Metrics>,
+) {
+    let max_batch = config.max_batch.max(1);
+    let mut jobs = Vec::with_capacity(max_batch);
+    while queue.recv_many(&mut jobs, max_batch).await > 0 {
+        if !config.max_wait.is_zero() {
+            let deadline = tokio::time::Instant::now() + config.max_wait;
+            while jobs.len() < max_batch {
+                match tokio::time::timeout_at(deadline, queue.recv()).await {
+                    Ok(Some(job)) => jobs.push(job),
+                    _ => break,
+                }
+            }
+        }
+        let (events, replies): (Vec<Event>, Vec<_>) =
+            jobs.drain(..).map(|j| (j.event, j.reply)).unzip();
+        let span = info_span!("ingest_batch", size = events.len());
+        metrics.batch_size.observe(events.len() as f64);
+        let started = Instant::now();
+        commit(store.as_ref(), events, replies)
+            .instrument(span)
+            .await;
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+async fn commit(
+    store: &dyn Store,
+    events: Vec<Event>,
+    replies: Vec<oneshot::Sender<Result<Outcome, IngestError>>>,
+) {
+    let started = Instant::now();
+    match store.ingest(&events).await {
+        Ok(outcomes) => {
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "batch committed"
+            );
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(err) if events.len() == 1 => {
+            warn!(event_id = %events[0].event_id, error = %err, "event not stored");
+            let _ = replies
+                .into_iter()
+                .next()
+                .map(|r| r.send(Err(classify(&err))));
+        }
+        Err(err) => {
+            warn!(error = %err, "batch failed; retrying its events one by one");
+            for (event, reply) in events.into_iter().zip(replies) {
+                let result = match store.ingest(std::slice::from_ref(&event)).await {
+                    Ok(mut outcomes) => outcomes.pop().ok_or(IngestError::Failed),
+                    Err(err) => {
+                        warn!(event_id = %event.event_id, error = %err, "event not stored");
+                        Err(classify(&err))
+                    }
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+fn classify(err: &StoreError) -> IngestError {
+    match err {
+        StoreError::Unavailable(_) => IngestError::Unavailable,
+        _ => IngestError::Failed,
+    }
+}

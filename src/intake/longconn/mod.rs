@@ -1,0 +1,190 @@
+//! The long-connection worker: Feishu's WebSocket event delivery (feishu-protocol.md §2),
+//! feeding the same ingest pipeline as the webhook.
+//!
+//! A plain loop over explicit states: connecting (discover an endpoint, dial), connected (a
+//! session), backing off (jitter in [0, ReconnectNonce] after a drop, ReconnectInterval after a
+//! failed attempt, at most ReconnectCount attempts when it is not negative), stopped (a fatal
+//! error: wrong credentials or too many connections). The endpoint is discovered anew on every
+//! attempt: its URL carries a short-lived ticket.
+
+pub mod chunks;
+pub mod endpoint;
+pub mod session;
+
+use crate::feishu::frame::ClientConfig;
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use chunks::ChunkLimits;
+use endpoint::{ConnectError, Credentials};
+use rand::Rng;
+use secrecy::ExposeSecret;
+use session::{SessionContext, SessionEnd};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::time::Duration;
+use tokio_tungstenite::tungstenite;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+/// The SDKs' defaults, used until Feishu sends its own (seconds).
+pub const DEFAULT_CLIENT_CONFIG: ClientConfig = ClientConfig {
+    ping_interval: Some(120),
+    reconnect_count: Some(-1),
+    reconnect_interval: Some(120),
+    reconnect_nonce: Some(30),
+};
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub credentials: Credentials,
+    pub chunk_limits: ChunkLimits,
+    /// Silence tolerated beyond the ping interval before the connection counts as dead.
+    pub dead_margin: Duration,
+}
+
+/// Where the worker is, for `/readyz` and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerState {
+    Connecting,
+    Connected { conn_id: String },
+    BackingOff { reason: String },
+    Stopped { reason: String },
+}
+
+impl WorkerState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Connecting => "connecting",
+            Self::Connected { .. } => "connected",
+            Self::BackingOff { .. } => "backing_off",
+            Self::Stopped { .. } => "stopped",
+        }
+    }
+}
+
+/// Starts the worker; it runs until shutdown or a fatal error.
+pub fn start(
+    config: WorkerConfig,
+    ingest: Ingest,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> (watch::Receiver<WorkerState>, tokio::task::JoinHandle<()>) {
+    let (state, state_rx) = watch::channel(WorkerState::Connecting);
+    let handle = tokio::spawn(
+        run(config, ingest, metrics, state, shutdown).instrument(info_span!("long_connection")),
+    );
+    (state_rx, handle)
+}
+
+async fn run(
+    config: WorkerConfig,
+    ingest: Ingest,
+    metrics: Arc<Metrics>,
+    state: watch::Sender<WorkerState>,
+    shutdown: CancellationToken,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap_or_default();
+    let mut settings = DEFAULT_CLIENT_CONFIG;
+    let mut failed_attempts: i64 = 0;
+    loop {
+        state.send_replace(WorkerState::Connecting);
+        let attempt = connect(&client, &config.credentials).await;
+        let wait = match attempt {
+            Ok((socket, endpoint)) => {
+                failed_attempts = 0;
+                settings = settings.merge(endpoint.config);
+                info!(conn_id = %endpoint.conn_id, "connected");
+                state.send_replace(WorkerState::Connected {
+                    conn_id: endpoint.conn_id.clone(),
+                });
+                let ctx = SessionContext {
+                    ingest: ingest.clone(),
+                    metrics: metrics.clone(),
+                    service_id: endpoint.service_id,
+                    chunk_limits: config.chunk_limits,
+                    dead_margin: config.dead_margin,
+                };
+                match session::run(socket, &ctx, &mut settings, &shutdown).await {
+                    SessionEnd::Shutdown => {
+                        info!("closed for shutdown");
+                        return;
+                    }
+                    SessionEnd::Lost(reason) => {
+                        metrics.long_connection_reconnects.inc();
+                        warn!(conn_id = %endpoint.conn_id, %reason, "connection lost; reconnecting");
+                        state.send_replace(WorkerState::BackingOff { reason });
+                        // Jitter, so many clients dropped at once do not reconnect at once.
+                        let nonce = settings.reconnect_nonce.unwrap_or(30);
+                        Duration::from_millis(rand::rng().random_range(0..=nonce * 1000))
+                    }
+                }
+            }
+            Err(ConnectError::Fatal(reason)) => {
+                error!(%reason, "long connection stopped");
+                state.send_replace(WorkerState::Stopped { reason });
+                return;
+            }
+            Err(ConnectError::Retryable(reason)) => {
+                failed_attempts += 1;
+                let limit = settings.reconnect_count.unwrap_or(-1);
+                if limit >= 0 && failed_attempts > limit {
+                    let reason =
+                        format!("gave up after {failed_attempts} failed attempts; last: {reason}");
+                    error!(%reason, "long connection stopped");
+                    state.send_replace(WorkerState::Stopped { reason });
+                    return;
+                }
+                warn!(%reason, attempt = failed_attempts, "connection attempt failed; retrying");
+                state.send_replace(WorkerState::BackingOff { reason });
+                Duration::from_secs(settings.reconnect_interval.unwrap_or(120))
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Discovers an endpoint and dials it.
+async fn connect(
+    client: &reqwest::Client,
+    credentials: &Credentials,
+) -> Result<(Socket, endpoint::Endpoint), ConnectError> {
+    let endpoint = endpoint::discover(client, credentials).await?;
+    let dial = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio_tungstenite::connect_async(endpoint.url.expose_secret()),
+    )
+    .await
+    .map_err(|_| ConnectError::Retryable("WebSocket handshake timed out".into()))?;
+    match dial {
+        Ok((socket, _)) => Ok((socket, endpoint)),
+        Err(tungstenite::Error::Http(response)) => Err(endpoint::handshake_refused(
+            response.status().as_u16(),
+            response.headers(),
+        )),
+        // Only the error's kind: its text could include the URL, which carries credentials.
+        Err(err) => Err(ConnectError::Retryable(format!(
+            "WebSocket dial failed: {}",
+            dial_error_kind(&err)
+        ))),
+    }
+}
+
+fn dial_error_kind(err: &tungstenite::Error) -> &'static str {
+    match err {
+        tungstenite::Error::Io(_) => "I/O error",
+        tungstenite::Error::Tls(_) => "TLS error",
+        tungstenite::Error::Url(_) => "invalid URL",
+        tungstenite::Error::Protocol(_) => "protocol error",
+        _ => "handshake error",
+    }
+}

@@ -1,0 +1,37 @@
+//! process-state: Feishu (Lark) CoreHR approval-process events in, current state out over gRPC.
+//!
+//! Feishu pushes five process events (process status changed, process updated, node, approval
+//! task and cc task status changed). This crate receives them, stores them once each in
+//! Postgres, folds them into the current state of every process, and serves that state to
+//! internal callers with tonic.
+//!
+//! # Layout
+//!
+//! - [`config`]: the command line and the validated [`config::Config`].
+//! - [`app`]: builds and runs the service from a config (used by `main` and by tests).
+//! - [`feishu`]: Feishu's wire formats — body crypto, signatures, event envelopes.
+//! - [`intake`]: the paths events come in by (the axum webhook); each hands envelopes to ingest.
+//! - [`ingest`]: normalization into domain events and the group-commit writer.
+//! - [`domain`]: processes, nodes, tasks, cc tasks and Feishu's enums; no wire or SQL types.
+//! - [`store`]: the [`store::Store`] interface and its Postgres implementation.
+//! - [`api`]: the gRPC service, protobuf conversions and error mapping.
+//! - [`health`], [`http`], [`telemetry`]: probes, the HTTP router, logging.
+//! - [`dashboard`]: the embedded live dashboard, served on the gRPC listener.
+//! - [`simulate`]: a Feishu stand-in that sends realistic event sequences to a webhook.
+//! - [`bench`]: load runs against real replicas that print numbers.
+
+pub mod api;
+pub mod app;
+pub mod bench;
+pub mod config;
+pub mod dashboard;
+pub mod domain;
+pub mod feishu;
+pub mod health;
+pub mod http;
+pub mod ingest;
+pub mod intake;
+pub mod metrics;
+pub mod simulate;
+pub mod store;
+pub mod telemetry;

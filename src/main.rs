@@ -1,0 +1,69 @@
+//! The `process-state` binary: parse the command line, start logging, call the library.
+
+use clap::Parser;
+use process_state::app::App;
+use process_state::config::{Cli, Command, Config, database_options};
+use process_state::store::PgStore;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    process_state::telemetry::init(cli.log_format);
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line, naming the cause (a bad setting names the flag and its variable).
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => {
+            let app = App::build(Config::try_from(*args)?).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal(shutdown.clone()));
+            app.run(shutdown).await?;
+        }
+        Command::Migrate(args) => {
+            let store = PgStore::connect(
+                database_options(&args.database_url)?,
+                1,
+                Duration::from_secs(10),
+            )
+            .await?;
+            store.migrate().await?;
+            tracing::info!("migrations applied");
+        }
+        Command::Simulate(args) => process_state::simulate::run(args).await?,
+        Command::Bench(args) => process_state::bench::run(args).await?,
+    }
+    Ok(())
+}
+
+/// Fires `shutdown` on SIGTERM or ctrl-c.
+async fn signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}

@@ -1,0 +1,245 @@
+//! Prometheus metrics (prometheus-client): one registry, the handles the service updates as it
+//! works, and the text exposition served at `/metrics` on the HTTP listener. Gauges that mirror
+//! live state (open watch streams, pool use, long-connection state) are read at scrape time.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    /// `webhook` or `long_connection`.
+    pub source: String,
+    pub event_type: String,
+    /// `applied`, `kept` (stored, no state change), `duplicate`, or `failed` (not stored).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// `malformed`, `unauthorized`, `unsigned` or `too_large`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The service's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub events: Family<EventLabels, Counter>,
+    pub webhook_rejected: Family<ReasonLabels, Counter>,
+    pub webhook_seconds: Family<StatusLabels, Histogram, fn() -> Histogram>,
+    pub rpc_seconds: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    pub batch_size: Histogram,
+    pub commit_seconds: Histogram,
+    pub watch_streams: Gauge,
+    pub long_connection_state: Family<StateLabels, Gauge>,
+    pub long_connection_reconnects: Counter,
+    pub db_connections: Gauge,
+    pub db_connections_idle: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("process_state");
+        let m = Metrics {
+            events: Family::default(),
+            webhook_rejected: Family::default(),
+            webhook_seconds: Family::new_with_constructor(latency),
+            rpc_seconds: Family::new_with_constructor(latency),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
+            commit_seconds: latency(),
+            watch_streams: Gauge::default(),
+            long_connection_state: Family::default(),
+            long_connection_reconnects: Counter::default(),
+            db_connections: Gauge::default(),
+            db_connections_idle: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "events",
+            "Feishu events received, by source, type and outcome",
+            m.events.clone(),
+        );
+        registry.register(
+            "webhook_rejected",
+            "Webhook requests refused, by reason",
+            m.webhook_rejected.clone(),
+        );
+        registry.register(
+            "webhook_request_seconds",
+            "Webhook request latency, by HTTP status",
+            m.webhook_seconds.clone(),
+        );
+        registry.register(
+            "rpc_seconds",
+            "gRPC call latency to the response headers, by method and code",
+            m.rpc_seconds.clone(),
+        );
+        registry.register(
+            "ingest_batch_size",
+            "Events per ingest transaction",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "ingest_commit_seconds",
+            "Ingest transaction latency",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "watch_streams",
+            "Open watch streams on this replica",
+            m.watch_streams.clone(),
+        );
+        registry.register(
+            "long_connection_state",
+            "1 for the long-connection worker's current state",
+            m.long_connection_state.clone(),
+        );
+        registry.register(
+            "long_connection_reconnects",
+            "Long-connection sessions lost and redialed",
+            m.long_connection_reconnects.clone(),
+        );
+        registry.register(
+            "db_connections",
+            "Database connections in the pool",
+            m.db_connections.clone(),
+        );
+        registry.register(
+            "db_connections_idle",
+            "Idle database connections in the pool",
+            m.db_connections_idle.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Counts one event's outcome.
+    pub fn event(&self, source: &str, event_type: &str, outcome: &str) {
+        let labels = EventLabels {
+            source: source.into(),
+            event_type: event_type.into(),
+            outcome: outcome.into(),
+        };
+        self.events.get_or_create(&labels).inc();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Records every gRPC call's latency to its response headers, by method and `grpc-status`
+/// (a trailers-only error carries it in the headers; a success carries it in the trailers,
+/// counted here as `0`). Unknown paths count as `other`, so callers cannot add label values.
+#[derive(Debug, Clone)]
+pub struct RpcMetricsLayer(pub Arc<Metrics>);
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> RpcMetrics<S> {
+        RpcMetrics {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+const KNOWN_SERVICES: &[&str] = &[
+    "/processstate.v1.ProcessService/",
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.",
+    "/grpc.reflection.v1alpha.",
+];
+
+type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        let is_rpc = request.method() == http::Method::POST;
+        let method = if KNOWN_SERVICES.iter().any(|s| path.starts_with(s)) {
+            path.to_owned()
+        } else {
+            "other".to_owned()
+        };
+        let (started, metrics) = (std::time::Instant::now(), self.metrics.clone());
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await;
+            if let (true, Ok(response)) = (is_rpc, &response) {
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("0");
+                let labels = RpcLabels {
+                    method,
+                    code: code.to_owned(),
+                };
+                metrics
+                    .rpc_seconds
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            response
+        })
+    }
+}

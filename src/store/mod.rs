@@ -1,0 +1,216 @@
+//! Storage behind one interface, [`Store`]: the inbox, the state tables, the change log and
+//! the revision counter. [`PgStore`] is the Postgres implementation; the trait keeps the rest
+//! of the service independent of it (an embedded SQLite backend is planned).
+
+mod postgres;
+
+pub use postgres::PgStore;
+
+use crate::domain::{
+    ChangeSet, Event, Process, ProcessDetail, ProcessStatus, Task, TaskStatus, TaskType,
+};
+use chrono::{DateTime, Utc};
+
+/// What storing one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// New event; it changed state under this revision.
+    Applied { revision: i64 },
+    /// New event, kept in the inbox, but it changed no state: older than what the state
+    /// already reflects, of a type we do not model, or missing the id of its entity.
+    Kept,
+    /// Already in the inbox: a redelivery. Nothing changed.
+    Duplicate,
+}
+
+impl Outcome {
+    /// The outcome's name in metrics: `applied`, `kept` or `duplicate`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Applied { .. } => "applied",
+            Self::Kept => "kept",
+            Self::Duplicate => "duplicate",
+        }
+    }
+}
+
+/// A storage failure. The message is for logs, never for callers.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or did not answer in time.
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+    /// A stored row could not be read back.
+    #[error("stored row could not be decoded: {0}")]
+    Decode(String),
+    /// Migrations could not be applied.
+    #[error("migrations failed: {0}")]
+    Migrate(sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(e)
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        use sqlx::Error::*;
+        match e {
+            Io(_) | Tls(_) | PoolTimedOut | PoolClosed | WorkerCrashed => Self::Unavailable(e),
+            Database(ref db)
+                if db.code().is_some_and(|c| {
+                    // 08: connection exception, 57P: operator intervention (shutdown, terminated).
+                    c.starts_with("08") || c.starts_with("57P") || c == "3D000"
+                }) =>
+            {
+                Self::Unavailable(e)
+            }
+            _ => Self::Database(e),
+        }
+    }
+}
+
+/// Filter of `ListProcesses`. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessFilter {
+    pub statuses: Vec<ProcessStatus>,
+    pub biz_type: Option<String>,
+    pub flow_definition_id: Option<String>,
+    pub changed_since: Option<DateTime<Utc>>,
+}
+
+/// Filter of `ListTasks`. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskFilter {
+    pub process_id: Option<String>,
+    pub statuses: Vec<TaskStatus>,
+    pub types: Vec<TaskType>,
+    pub biz_type: Option<String>,
+    pub flow_definition_id: Option<String>,
+    pub node_definition_id: Option<String>,
+    pub changed_since: Option<DateTime<Utc>>,
+}
+
+/// Keyset page position: items ordered by their id, starting after `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+/// One page of items, read in one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Whether items follow the last one.
+    pub more: bool,
+    /// The revision the snapshot reflects.
+    pub revision: i64,
+}
+
+/// A stretch of the change log, read in one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangeLog {
+    /// Change sets in revision order.
+    pub sets: Vec<ChangeSet>,
+    /// The log is complete for the requested scope through this revision: the last set's
+    /// revision when the read was cut by its limit, otherwise the current revision.
+    pub through: i64,
+    /// Changes at or below this revision have been pruned.
+    pub pruned_through: i64,
+}
+
+/// Where the change log starts and ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogBounds {
+    /// Changes at or below this revision have been pruned; resuming needs a revision >= it.
+    pub pruned_through: i64,
+    /// The latest committed revision.
+    pub current: i64,
+}
+
+/// One item of a collection snapshot: first the revision it is taken at, then the processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotItem {
+    Revision(i64),
+    Process(Box<ProcessDetail>),
+}
+
+/// Rings when new changes may have been committed.
+#[async_trait::async_trait]
+pub trait Doorbell: Send {
+    /// Waits for the next ring. An error means the doorbell is broken (rings may have been
+    /// lost): read the log again and build a new one.
+    async fn ring(&mut self) -> Result<(), StoreError>;
+}
+
+/// How much of the change log to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Changes committed longer ago than this are pruned.
+    pub max_age: std::time::Duration,
+    /// At most this many latest revisions are kept; `None` for no limit.
+    pub max_revisions: Option<i64>,
+}
+
+/// The storage interface.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores a batch of events in ONE transaction: inbox (deduplicated), state (guarded by
+    /// event order), change log, revision counter, notification. All or nothing.
+    async fn ingest(&self, events: &[Event]) -> Result<Vec<Outcome>, StoreError>;
+
+    /// A process with its children, and the revision of the snapshot it was read in.
+    async fn get_process(
+        &self,
+        process_id: &str,
+    ) -> Result<(Option<ProcessDetail>, i64), StoreError>;
+
+    /// A page of processes ordered by id.
+    async fn list_processes(
+        &self,
+        filter: &ProcessFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Process>, StoreError>;
+
+    /// A page of approval tasks ordered by id.
+    async fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Task>, StoreError>;
+
+    /// Whether the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Bounds of the retained change log.
+    async fn log_bounds(&self) -> Result<LogBounds, StoreError>;
+
+    /// Change sets after `after`, at most `limit` revisions, only of `process_id` when given.
+    async fn changes_after(
+        &self,
+        after: i64,
+        process_id: Option<&str>,
+        limit: u32,
+    ) -> Result<ChangeLog, StoreError>;
+
+    /// Sends a consistent snapshot of the processes matching `filter` (with their children)
+    /// to `out`: first its revision, then the processes in id order. Stops early, without
+    /// error, when `out` is closed.
+    async fn snapshot(
+        &self,
+        filter: &ProcessFilter,
+        out: tokio::sync::mpsc::Sender<SnapshotItem>,
+    ) -> Result<(), StoreError>;
+
+    /// Prunes the change log; returns the new `pruned_through`.
+    async fn prune(&self, retention: Retention) -> Result<i64, StoreError>;
+
+    /// A doorbell for new changes.
+    async fn doorbell(&self) -> Result<Box<dyn Doorbell>, StoreError>;
+}

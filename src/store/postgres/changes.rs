@@ -1,0 +1,268 @@
+//! The change log for watchers: reads by revision (one snapshot each), the collection
+//! snapshot, retention, and the LISTEN doorbell.
+
+use super::NOTIFY_CHANNEL;
+use super::read::detail_select;
+use super::rows::{CcRow, NodeRow, ProcessRow, TaskRow, decode, decode_detail};
+use crate::domain::{ChangeSet, ProcessStatus};
+use crate::store::{
+    ChangeLog, Doorbell, LogBounds, ProcessFilter, Retention, SnapshotItem, StoreError,
+};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use tokio::sync::mpsc;
+
+pub(super) async fn log_bounds(pool: &PgPool) -> Result<LogBounds, StoreError> {
+    let (pruned_through, current) = sqlx::query_as(
+        "select h.pruned_through, c.revision from change_log_horizon h, revision_counter c",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(LogBounds {
+        pruned_through,
+        current,
+    })
+}
+
+/// A change row (NULLs when there is none) with the counter and the horizon.
+type ChangeRow = (
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<Value>,
+    Option<DateTime<Utc>>,
+    Option<i32>,
+    Option<i32>,
+    Option<String>,
+    Option<String>,
+    i64,
+    i64,
+);
+
+pub(super) async fn changes_after(
+    pool: &PgPool,
+    after: i64,
+    process_id: Option<&str>,
+    limit: u32,
+) -> Result<ChangeLog, StoreError> {
+    // The revisions first (so a revision's rows are never split by the limit), then their
+    // rows; the counter and the horizon come from the same snapshot.
+    let rows: Vec<ChangeRow> = sqlx::query_as(
+        "with picked as (
+           select distinct revision from changes
+           where revision > $1 and ($2::text is null or process_id = $2)
+           order by revision limit $3)
+         select ch.revision, ch.entity, ch.process_id, ch.event_id, ch.state, ch.change_time,
+                ch.process_status, ch.previous_process_status, ch.process_biz_type,
+                ch.process_flow_definition_id, b.revision, b.pruned_through
+         from (select (select revision from revision_counter) as revision,
+                      (select pruned_through from change_log_horizon) as pruned_through) b
+         left join (changes ch join picked using (revision)) on true
+         order by ch.revision, ch.entity",
+    )
+    .bind(after)
+    .bind(process_id)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await?;
+    let (mut current, mut pruned_through) = (after, 0);
+    let mut sets: Vec<ChangeSet> = Vec::new();
+    for (
+        revision,
+        entity,
+        process_id,
+        event_id,
+        state,
+        change_time,
+        status,
+        previous,
+        biz,
+        flow,
+        counter,
+        horizon,
+    ) in rows
+    {
+        (current, pruned_through) = (counter, horizon);
+        let (
+            Some(revision),
+            Some(entity),
+            Some(process_id),
+            Some(event_id),
+            Some(state),
+            Some(change_time),
+        ) = (revision, entity, process_id, event_id, state, change_time)
+        else {
+            continue; // the left join's empty row: no changes
+        };
+        if sets.last().is_none_or(|s| s.revision != revision) {
+            sets.push(ChangeSet {
+                revision,
+                process_id,
+                event_id,
+                change_time,
+                process: None,
+                node: None,
+                task: None,
+                cc_task: None,
+                process_statuses: Vec::new(),
+                biz_type: None,
+                flow_definition_id: None,
+            });
+        }
+        let set = sets.last_mut().expect("pushed above");
+        for s in [status, previous].into_iter().flatten().map(ProcessStatus) {
+            if !set.process_statuses.contains(&s) {
+                set.process_statuses.push(s);
+            }
+        }
+        set.biz_type = set.biz_type.take().or(biz);
+        set.flow_definition_id = set.flow_definition_id.take().or(flow);
+        match entity.as_str() {
+            "process" => set.process = Some(decode::<ProcessRow>(state)?.into()),
+            "node" => set.node = Some(decode::<NodeRow>(state)?.into()),
+            "task" => set.task = Some(decode::<TaskRow>(state)?.into()),
+            "cc_task" => set.cc_task = Some(decode::<CcRow>(state)?.into()),
+            other => {
+                return Err(StoreError::Decode(format!(
+                    "unknown change entity {other:?}"
+                )));
+            }
+        }
+    }
+    let through = match sets.last() {
+        Some(last) if sets.len() >= limit as usize => last.revision,
+        _ => current,
+    };
+    Ok(ChangeLog {
+        sets,
+        through,
+        pruned_through,
+    })
+}
+
+/// Processes per page of a collection snapshot.
+const SNAPSHOT_PAGE: i64 = 200;
+
+pub(super) async fn snapshot(
+    pool: &PgPool,
+    filter: &ProcessFilter,
+    out: mpsc::Sender<SnapshotItem>,
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await?;
+    let revision: i64 = sqlx::query_scalar("select revision from revision_counter")
+        .fetch_one(&mut *tx)
+        .await?;
+    if out.send(SnapshotItem::Revision(revision)).await.is_err() {
+        return Ok(());
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = QueryBuilder::<Postgres>::new("select ");
+        q.push(detail_select("p.process_id"))
+            .push(" from processes p where true");
+        if let Some(after) = &after {
+            q.push(" and p.process_id > ").push_bind(after.clone());
+        }
+        if !filter.statuses.is_empty() {
+            let statuses: Vec<i32> = filter.statuses.iter().map(|s| s.0).collect();
+            q.push(" and p.status = any(").push_bind(statuses).push(")");
+        }
+        if let Some(biz) = &filter.biz_type {
+            q.push(" and p.biz_type = ").push_bind(biz.clone());
+        }
+        if let Some(flow) = &filter.flow_definition_id {
+            q.push(" and p.flow_definition_id = ")
+                .push_bind(flow.clone());
+        }
+        q.push(" order by p.process_id limit ")
+            .push_bind(SNAPSHOT_PAGE);
+        let rows: Vec<(Value, Value, Value, Value)> =
+            q.build_query_as().fetch_all(&mut *tx).await?;
+        let full_page = rows.len() as i64 == SNAPSHOT_PAGE;
+        for (process, nodes, tasks, cc_tasks) in rows {
+            let detail = decode_detail(process, nodes, tasks, cc_tasks)?;
+            after = Some(detail.process.process_id.clone());
+            if out
+                .send(SnapshotItem::Process(Box::new(detail)))
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        if !full_page {
+            break;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub(super) async fn prune(pool: &PgPool, retention: Retention) -> Result<i64, StoreError> {
+    let max_age = i64::try_from(retention.max_age.as_secs()).unwrap_or(i64::MAX);
+    let mut tx = pool.begin().await?;
+    // Lock the horizon so two replicas' pruners do not interleave.
+    let (old, current): (i64, i64) = sqlx::query_as(
+        "select h.pruned_through, c.revision from change_log_horizon h, revision_counter c for update of h",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let by_age: i64 = sqlx::query_scalar(
+        "select coalesce(max(revision), 0) from changes
+         where change_time < now() - make_interval(secs => $1::double precision)",
+    )
+    .bind(max_age as f64)
+    .fetch_one(&mut *tx)
+    .await?;
+    let by_count = retention.max_revisions.map_or(0, |keep| current - keep);
+    let through = old.max(by_age).max(by_count).min(current);
+    if through > old {
+        sqlx::query("delete from changes where revision <= $1")
+            .bind(through)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("update change_log_horizon set pruned_through = $1")
+            .bind(through)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(through)
+}
+
+/// LISTEN on the notify channel.
+pub(super) struct PgDoorbell {
+    listener: PgListener,
+}
+
+impl std::fmt::Debug for PgDoorbell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgDoorbell")
+    }
+}
+
+pub(super) async fn doorbell(pool: &PgPool) -> Result<Box<dyn Doorbell>, StoreError> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(NOTIFY_CHANNEL).await?;
+    Ok(Box::new(PgDoorbell { listener }))
+}
+
+#[async_trait::async_trait]
+impl Doorbell for PgDoorbell {
+    async fn ring(&mut self) -> Result<(), StoreError> {
+        // `Ok(None)` means the connection was lost. sqlx would re-LISTEN lazily on the next
+        // call, but the caller rebuilding the doorbell is explicit and observable.
+        match self.listener.try_recv().await? {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Unavailable(sqlx::Error::Protocol(
+                "the LISTEN connection was lost".into(),
+            ))),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The Postgres [`Store`]: a sqlx pool, migrations, and the statements in `ingest` and `read`.
+
+mod changes;
+mod ingest;
+mod read;
+mod rows;
+
+use super::{
+    ChangeLog, Doorbell, LogBounds, Outcome, Page, PageRequest, ProcessFilter, Retention,
+    SnapshotItem, Store, StoreError, TaskFilter,
+};
+use crate::domain::{Event, Process, ProcessDetail, Task};
+use sqlx::{Connection, PgConnection, PgPool, postgres::PgConnectOptions, postgres::PgPoolOptions};
+use std::time::Duration;
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Name of the NOTIFY channel that rings after each commit that produced revisions.
+pub const NOTIFY_CHANNEL: &str = "process_state_changes";
+
+/// Postgres-backed store.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects a pool. `acquire_timeout` bounds how long a request waits for a connection,
+    /// which bounds how long the webhook takes to answer 503 when the database is gone.
+    pub async fn connect(
+        options: PgConnectOptions,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        // JIT compilation costs tens of milliseconds and only pays off for long analytical
+        // queries; every statement here is short.
+        let options = options.options([("jit", "off")]);
+        // One direct connection first: a pool only reports "timed out", this reports why.
+        PgConnection::connect_with(&options).await?.close().await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    /// Applies pending migrations. Safe to run from several replicas at once (sqlx takes an
+    /// advisory lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn ingest(&self, events: &[Event]) -> Result<Vec<Outcome>, StoreError> {
+        Ok(ingest::ingest(&self.pool, events).await?)
+    }
+
+    async fn get_process(
+        &self,
+        process_id: &str,
+    ) -> Result<(Option<ProcessDetail>, i64), StoreError> {
+        read::get_process(&self.pool, process_id).await
+    }
+
+    async fn list_processes(
+        &self,
+        filter: &ProcessFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Process>, StoreError> {
+        read::list_processes(&self.pool, filter, page).await
+    }
+
+    async fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Task>, StoreError> {
+        read::list_tasks(&self.pool, filter, page).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("select 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn log_bounds(&self) -> Result<LogBounds, StoreError> {
+        changes::log_bounds(&self.pool).await
+    }
+
+    async fn changes_after(
+        &self,
+        after: i64,
+        process_id: Option<&str>,
+        limit: u32,
+    ) -> Result<ChangeLog, StoreError> {
+        changes::changes_after(&self.pool, after, process_id, limit).await
+    }
+
+    async fn snapshot(
+        &self,
+        filter: &ProcessFilter,
+        out: tokio::sync::mpsc::Sender<SnapshotItem>,
+    ) -> Result<(), StoreError> {
+        changes::snapshot(&self.pool, filter, out).await
+    }
+
+    async fn prune(&self, retention: Retention) -> Result<i64, StoreError> {
+        changes::prune(&self.pool, retention).await
+    }
+
+    async fn doorbell(&self) -> Result<Box<dyn Doorbell>, StoreError> {
+        changes::doorbell(&self.pool).await
+    }
+}

@@ -1,0 +1,129 @@
+//! Read queries. Each is ONE statement, so it sees one snapshot: the revision it reports and
+//! the rows it returns agree, with no explicit transaction. Rows come back as `jsonb` and are
+//! decoded by `rows`, the same path the change log uses.
+
+use super::rows::{ProcessRow, TaskRow, decode, decode_detail};
+use crate::domain::{Process, ProcessDetail, Task};
+use crate::store::{Page, PageRequest, ProcessFilter, StoreError, TaskFilter};
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+
+/// Select-list of a process with its children as JSON: `to_jsonb(p)` and three arrays, for
+/// the process whose id is `process_id` (an SQL expression).
+pub(super) fn detail_select(process_id: &str) -> String {
+    format!(
+        "to_jsonb(p),
+         (select coalesce(jsonb_agg(n order by n.process_node_id), '[]') from nodes n where n.process_id = {process_id}),
+         (select coalesce(jsonb_agg(t order by t.approver_id), '[]') from tasks t where t.process_id = {process_id}),
+         (select coalesce(jsonb_agg(cc order by cc.approver_id), '[]') from cc_tasks cc where cc.process_id = {process_id})"
+    )
+}
+
+pub(super) async fn get_process(
+    pool: &PgPool,
+    process_id: &str,
+) -> Result<(Option<ProcessDetail>, i64), StoreError> {
+    let sql = format!(
+        "select c.revision, {} from revision_counter c left join processes p on p.process_id = $1",
+        detail_select("$1")
+    );
+    let (revision, process, nodes, tasks, cc_tasks): (i64, Option<Value>, Value, Value, Value) =
+        sqlx::query_as(&sql)
+            .bind(process_id)
+            .fetch_one(pool)
+            .await?;
+    let Some(process) = process else {
+        return Ok((None, revision));
+    };
+    Ok((
+        Some(decode_detail(process, nodes, tasks, cc_tasks)?),
+        revision,
+    ))
+}
+
+pub(super) async fn list_processes(
+    pool: &PgPool,
+    f: &ProcessFilter,
+    page: &PageRequest,
+) -> Result<Page<Process>, StoreError> {
+    let mut q = QueryBuilder::<Postgres>::new("with page as (select * from processes where true");
+    if let Some(after) = &page.after {
+        q.push(" and process_id > ").push_bind(after);
+    }
+    if !f.statuses.is_empty() {
+        let statuses: Vec<i32> = f.statuses.iter().map(|s| s.0).collect();
+        q.push(" and status = any(").push_bind(statuses).push(")");
+    }
+    push_eq(&mut q, "biz_type", &f.biz_type);
+    push_eq(&mut q, "flow_definition_id", &f.flow_definition_id);
+    if let Some(since) = f.changed_since {
+        q.push(" and change_time >= ").push_bind(since);
+    }
+    finish_page::<ProcessRow, Process>(pool, q, "process_id", page.limit).await
+}
+
+pub(super) async fn list_tasks(
+    pool: &PgPool,
+    f: &TaskFilter,
+    page: &PageRequest,
+) -> Result<Page<Task>, StoreError> {
+    let mut q = QueryBuilder::<Postgres>::new("with page as (select * from tasks where true");
+    if let Some(after) = &page.after {
+        q.push(" and approver_id > ").push_bind(after);
+    }
+    push_eq(&mut q, "process_id", &f.process_id);
+    if !f.statuses.is_empty() {
+        let statuses: Vec<i32> = f.statuses.iter().map(|s| s.0).collect();
+        q.push(" and status = any(").push_bind(statuses).push(")");
+    }
+    if !f.types.is_empty() {
+        let types: Vec<i32> = f.types.iter().map(|s| s.0).collect();
+        q.push(" and task_type = any(").push_bind(types).push(")");
+    }
+    push_eq(&mut q, "biz_type", &f.biz_type);
+    push_eq(&mut q, "flow_definition_id", &f.flow_definition_id);
+    push_eq(&mut q, "node_definition_id", &f.node_definition_id);
+    if let Some(since) = f.changed_since {
+        q.push(" and change_time >= ").push_bind(since);
+    }
+    finish_page::<TaskRow, Task>(pool, q, "approver_id", page.limit).await
+}
+
+fn push_eq(q: &mut QueryBuilder<'_, Postgres>, column: &'static str, value: &Option<String>) {
+    if let Some(v) = value {
+        q.push(" and ")
+            .push(column)
+            .push(" = ")
+            .push_bind(v.clone());
+    }
+}
+
+/// Closes the `page` CTE (ordered by `key`, one row more than asked to learn whether more
+/// follow) and reads it with the current revision in one statement.
+async fn finish_page<R, T>(
+    pool: &PgPool,
+    mut q: QueryBuilder<'_, Postgres>,
+    key: &'static str,
+    limit: u32,
+) -> Result<Page<T>, StoreError>
+where
+    R: serde::de::DeserializeOwned,
+    T: From<R>,
+{
+    q.push(" order by ")
+        .push(key)
+        .push(" limit ")
+        .push_bind(i64::from(limit) + 1);
+    q.push(") select c.revision, (select coalesce(jsonb_agg(page order by ")
+        .push(key)
+        .push("), '[]') from page) from revision_counter c");
+    let (revision, rows): (i64, Value) = q.build_query_as().fetch_one(pool).await?;
+    let mut items: Vec<T> = decode::<Vec<R>>(rows)?.into_iter().map(T::from).collect();
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    Ok(Page {
+        items,
+        more,
+        revision,
+    })
+}
