@@ -1,0 +1,54 @@
+// Loads the dashboard in Debian's headless Chromium, sends webhook events, and checks that a
+// process appears and that its status changes live, without a reload. Saves a screenshot.
+// Env: DASHBOARD_URL, WEBHOOK_URL, SCREENSHOT.
+import { chromium } from "playwright-core";
+
+const { DASHBOARD_URL, WEBHOOK_URL, SCREENSHOT } = process.env;
+const processId = String(7300000000000000000n + BigInt(Date.now()));
+
+function event(id, status, createTime, type = "corehr.process.status.update_v2", body = {}) {
+  return {
+    schema: "2.0",
+    header: { event_id: id, event_type: type, create_time: String(createTime), tenant_key: "t", app_id: "cli_a1b2c3d4e5f60718" },
+    event: { process_id: processId, status, biz_type: "leave", flow_definition_id: "people_1_2", properties: 1, ...body },
+  };
+}
+
+async function post(e) {
+  const r = await fetch(WEBHOOK_URL, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(e) });
+  if (r.status !== 200) throw new Error(`webhook answered ${r.status}: ${await r.text()}`);
+}
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+let failed = false;
+try {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 720 } });
+  let navigations = 0;
+  page.on("framenavigated", (f) => { if (f === page.mainFrame()) navigations += 1; });
+  await page.goto(DASHBOARD_URL);
+  await page.locator("#state.live").waitFor({ timeout: 15000 });
+
+  await post(event(`bt-${processId}-1`, 1, 1719391068000));
+  await post(event(`bt-${processId}-2`, undefined, 1719391068100, "corehr.process.approver.updated_v2",
+    { approver_id: "8100000000000000001", type: 1, status: 1, node_definition_id: "approval_1", node_id_str: "9100" }));
+  const row = page.locator(`tr[data-process-id="${processId}"]`);
+  await row.locator(".s-IN_PROGRESS").waitFor({ timeout: 15000 });
+  await row.click();
+  await page.locator("#detail h2", { hasText: processId }).waitFor();
+
+  await post(event(`bt-${processId}-3`, 9, 1719391069000));
+  await row.locator(".s-COMPLETED").waitFor({ timeout: 15000 });
+  if (navigations !== 1) throw new Error(`the page reloaded (${navigations} navigations)`);
+  await page.screenshot({ path: SCREENSHOT });
+  console.log(`dashboard: process ${processId} appeared and turned COMPLETED live; screenshot ${SCREENSHOT}`);
+} catch (err) {
+  failed = true;
+  console.error(`dashboard test failed: ${err.stack ?? err}`);
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,246 @@
+//! Test harness: a fresh Postgres database per test, the real service on port 0, real HTTP
+//! and gRPC clients, and the Feishu known-answer vectors.
+#![allow(dead_code)]
+
+pub mod gateway;
+
+use process_state::api::pb::process_service_client::ProcessServiceClient;
+use process_state::app::App;
+use process_state::config::Config;
+use process_state::feishu::crypto::EncryptKey;
+use secrecy::SecretString;
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use std::net::SocketAddr;
+use std::str::FromStr;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub const ENCRYPT_KEY: &str = "kL3pQ9xZ7vB2nM4wR8tY6uI0oP5aS1dF";
+pub const VERIFICATION_TOKEN: &str = "vT0kEn4TestOnly9xYz2AbCdEfGhIjKl";
+
+/// The known-answer vectors (a copy of shared/vectors/feishu.json).
+pub fn vectors() -> Value {
+    serde_json::from_str(include_str!("../fixtures/feishu.json")).expect("fixture parses")
+}
+
+/// Body and headers of the signed CoreHR event vector (feishu-protocol.md §1.10 B).
+pub fn signed_vector() -> (String, Vec<(String, String)>) {
+    let v = &vectors()["webhook"]["signed_event"];
+    let headers = v["headers"].as_object().unwrap().iter();
+    let headers = headers.map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()));
+    (v["body"].as_str().unwrap().to_owned(), headers.collect())
+}
+
+/// Borrows owned header pairs for [`TestApp::post`].
+pub fn header_refs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database created for one test and dropped when the test ends, pass or fail.
+#[derive(Debug)]
+pub struct TestDb {
+    pub name: String,
+    pub options: PgConnectOptions,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let name = format!("ps_test_{:016x}", rand::random::<u64>());
+        let mut admin = PgConnection::connect(&admin_url())
+            .await
+            .expect("Postgres answers at DATABASE_URL");
+        sqlx::query(&format!("create database {name}"))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let options = PgConnectOptions::from_str(&admin_url())
+            .unwrap()
+            .database(&name);
+        Self { name, options }
+    }
+
+    /// A pool of our own on the test database, for assertions.
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect_with(self.options.clone()).await.unwrap()
+    }
+
+    /// Refuses new connections and ends existing ones: the database is "down" for the service.
+    pub async fn take_down(&self) {
+        let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+        sqlx::query(&format!(
+            "alter database {} allow_connections false",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+        sqlx::query("select pg_terminate_backend(pid) from pg_stat_activity where datname = $1")
+            .bind(&self.name)
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+
+    pub async fn bring_up(&self) {
+        let mut admin = PgConnection::connect(&admin_url()).await.unwrap();
+        sqlx::query(&format!(
+            "alter database {} allow_connections true",
+            self.name
+        ))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; do the async work on a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut admin) = PgConnectOptions::from_str(&admin_url())
+                    .unwrap()
+                    .connect()
+                    .await
+                {
+                    let _ = sqlx::query(&format!("drop database if exists {name} with (force)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The running service.
+#[derive(Debug)]
+pub struct TestApp {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), process_state::app::AppError>>,
+    pub client: reqwest::Client,
+}
+
+/// The config tests start from: Feishu credentials of the vectors, quick health checks.
+pub fn config(db: &TestDb) -> Config {
+    let mut config = Config::new(db.options.clone());
+    config.encrypt_key = Some(SecretString::from(ENCRYPT_KEY));
+    config.verification_token = Some(SecretString::from(VERIFICATION_TOKEN));
+    config.health_interval = std::time::Duration::from_millis(100);
+    config.db_max_connections = 4;
+    config
+}
+
+impl TestApp {
+    pub async fn spawn(config: Config) -> Self {
+        let app = App::build(config).await.expect("service builds");
+        let (http, grpc) = (app.http_addr(), app.grpc_addr());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run(shutdown.clone()));
+        Self {
+            http,
+            grpc,
+            shutdown,
+            task,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("http://{}/webhook/event", self.http)
+    }
+
+    /// POSTs a body with headers; returns status, headers and body.
+    pub async fn post(
+        &self,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, String) {
+        let mut request = self
+            .client
+            .post(self.webhook_url())
+            .header("content-type", "application/json; charset=utf-8");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.body(body).send().await.expect("webhook answers");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        (status, headers, response.text().await.unwrap())
+    }
+
+    /// Sends an event as Feishu would: encrypted and signed with the test key.
+    pub async fn deliver(&self, event: &Value) -> (u16, String) {
+        let key = EncryptKey::new(SecretString::from(ENCRYPT_KEY));
+        let (body, headers) = process_state::simulate::feishu_delivery(Some(&key), event);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (status, _, body) = self.post(body, &headers).await;
+        (status, body)
+    }
+
+    pub async fn grpc_channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .expect("gRPC connects")
+    }
+
+    pub async fn api(&self) -> ProcessServiceClient<Channel> {
+        ProcessServiceClient::new(self.grpc_channel().await)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap().expect("service stops cleanly");
+    }
+}
+
+/// Row counts that say whether a request stored anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counts {
+    pub inbox: i64,
+    pub processes: i64,
+    pub nodes: i64,
+    pub tasks: i64,
+    pub cc_tasks: i64,
+    pub changes: i64,
+    pub revision: i64,
+}
+
+pub async fn counts(pool: &PgPool) -> Counts {
+    let (inbox, processes, nodes, tasks, cc_tasks, changes, revision) = sqlx::query_as(
+        "select (select count(*) from inbox), (select count(*) from processes), (select count(*) from nodes),
+                (select count(*) from tasks), (select count(*) from cc_tasks), (select count(*) from changes),
+                (select revision from revision_counter)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    Counts {
+        inbox,
+        processes,
+        nodes,
+        tasks,
+        cc_tasks,
+        changes,
+        revision,
+    }
+}

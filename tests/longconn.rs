@@ -1,0 +1,355 @@
+//! The long-connection worker against a fake Feishu gateway and a real Postgres: events whole
+//! and in shuffled chunks stored and acked once each, a 500 ack when the store fails and
+//! success on redelivery, rediscovery after a drop, a stop on too many connections, a
+//! half-open connection replaced, and one event through both paths applied once.
+
+mod common;
+
+use common::gateway::{APP_ID, APP_SECRET, FakeGateway, event_frames, server_ping};
+use common::{TestApp, TestDb, config, counts, header_refs, signed_vector, vectors};
+use process_state::api::pb::{GetProcessRequest, ProcessStatus};
+use process_state::intake::longconn::WorkerConfig;
+use process_state::intake::longconn::chunks::ChunkLimits;
+use process_state::intake::longconn::endpoint::Credentials;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn worker(gateway: &FakeGateway) -> WorkerConfig {
+    WorkerConfig {
+        credentials: Credentials {
+            app_id: APP_ID.into(),
+            app_secret: SecretString::from(APP_SECRET),
+            base_url: gateway.base_url.clone(),
+        },
+        chunk_limits: ChunkLimits::default(),
+        dead_margin: Duration::from_secs(1),
+    }
+}
+
+async fn spawn(db: &TestDb, gateway: &FakeGateway) -> TestApp {
+    let mut cfg = config(db);
+    cfg.long_connection = Some(worker(gateway));
+    TestApp::spawn(cfg).await
+}
+
+/// The long-connection payload of vector B (no token on this path).
+fn vector_payload() -> Vec<u8> {
+    let v = vectors();
+    let frame = hex::decode(
+        v["long_connection"]["server_event_frame_hex"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    process_state::feishu::frame::Frame::decode_bytes(&frame)
+        .unwrap()
+        .payload
+        .unwrap()
+}
+
+fn event(id: &str, process_id: &str, status: i32) -> Vec<u8> {
+    json!({
+        "schema": "2.0",
+        "header": {"event_id": id, "event_type": "corehr.process.status.update_v2", "create_time": "1719391068392",
+                   "tenant_key": "t", "app_id": APP_ID},
+        "event": {"process_id": process_id, "status": status, "biz_type": "x".repeat(300)},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+async fn readyz(app: &TestApp) -> (u16, Value) {
+    let r = app
+        .client
+        .get(format!("http://{}/readyz", app.http))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+fn ack_code(frame: &process_state::feishu::frame::Frame) -> i64 {
+    serde_json::from_slice::<Value>(frame.payload.as_deref().unwrap()).unwrap()["code"]
+        .as_i64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn whole_and_shuffled_chunked_events_are_stored_and_acked_once() {
+    let db = TestDb::new().await;
+    let gateway = FakeGateway::start().await;
+    let app = spawn(&db, &gateway).await;
+    gateway.wait_connections(1).await;
+
+    gateway.send(&server_ping()).await; // ignored, never answered
+    gateway.send_raw(vec![0xff, 0xff, 0x01]).await; // not a frame: logged and skipped
+    gateway
+        .send(&event_frames("m-bad", b"{not json", 1, 50)[0])
+        .await; // logged, no ack
+    let whole = event_frames("m-whole", &vector_payload(), 1, 100);
+    gateway.send(&whole[0]).await;
+    let mut chunks = event_frames("m-chunked", &event("e-chunked", "555", 2), 3, 200);
+    chunks.swap(0, 2); // arrive as seq 2, 1, 0
+    for c in &chunks {
+        gateway.send(c).await;
+    }
+    let mut card = event_frames("m-card", b"{}", 1, 300).remove(0);
+    card.headers[0].value = "card".into();
+    gateway.send(&card).await;
+
+    let acks = gateway.wait_acks(2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let acks_later = gateway.acks().await;
+    assert_eq!(
+        acks_later.len(),
+        2,
+        "one ack per event, none for chunks or cards"
+    );
+    for ack in &acks {
+        assert_eq!(ack_code(ack), 200);
+        assert!(ack.header("biz_rt").is_some());
+    }
+    let by_id = |id: &str| {
+        acks.iter()
+            .find(|a| a.header("message_id") == Some(id))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_id("m-whole").seq_id, 100, "the ack echoes the frame");
+    let chunk_ack = by_id("m-chunked");
+    assert_eq!(
+        (chunk_ack.header("seq"), chunk_ack.seq_id),
+        (Some("0"), 200),
+        "built from the completing chunk (seq 0, last to arrive)"
+    );
+
+    let mut api = app.api().await;
+    let p = api
+        .get_process(GetProcessRequest {
+            process_id: "7384728360900888108".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.process.unwrap().status(), ProcessStatus::Completed);
+    let p = api
+        .get_process(GetProcessRequest {
+            process_id: "555".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.process.unwrap().status(), ProcessStatus::Rejected);
+    let source: String =
+        sqlx::query_scalar("select source from inbox where event_id = 'e-chunked'")
+            .fetch_one(&db.pool().await)
+            .await
+            .unwrap();
+    assert_eq!(source, "long_connection");
+    let (status, body) = readyz(&app).await;
+    assert_eq!(
+        (status, body["long_connection"]["state"].as_str()),
+        (200, Some("connected"))
+    );
+    assert!(gateway.pings() >= 1, "the worker pings");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_store_failure_acks_500_and_the_redelivery_succeeds() {
+    let db = TestDb::new().await;
+    let gateway = FakeGateway::start().await;
+    let app = spawn(&db, &gateway).await;
+    gateway.wait_connections(1).await;
+    let frames = event_frames("m-1", &event("e-1", "777", 9), 1, 1);
+
+    db.take_down().await;
+    gateway.send(&frames[0]).await;
+    let acks = gateway.wait_acks(1).await;
+    assert_eq!(ack_code(&acks[0]), 500, "Feishu must redeliver");
+
+    db.bring_up().await;
+    // Feishu redelivers the same frame; the store is back.
+    let mut delivered = false;
+    for attempt in 2..40 {
+        gateway.send(&frames[0]).await;
+        let acks = gateway.wait_acks(attempt).await;
+        if ack_code(acks.last().unwrap()) == 200 {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(delivered, "the redelivery was stored");
+    let c = counts(&db.pool().await).await;
+    assert_eq!((c.inbox, c.revision), (1, 1));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn after_a_drop_the_worker_rediscovers_and_resumes() {
+    let db = TestDb::new().await;
+    let gateway = FakeGateway::start().await;
+    let app = spawn(&db, &gateway).await;
+    gateway.wait_connections(1).await;
+    gateway.drop_connection().await;
+    gateway.wait_connections(2).await;
+    assert!(
+        gateway.discoveries() >= 2,
+        "the endpoint is discovered again for each connection"
+    );
+    deliver_and_expect_ack(&gateway, "e-after", "888").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_half_open_connection_is_detected_and_replaced() {
+    let db = TestDb::new().await;
+    let gateway = FakeGateway::start().await;
+    let app = spawn(&db, &gateway).await;
+    gateway.wait_connections(1).await;
+    gateway.go_silent(true); // no pongs, no frames: the socket looks alive but is not
+    gateway.wait_connections(2).await;
+    gateway.go_silent(false);
+    deliver_and_expect_ack(&gateway, "e-new", "999").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_connections_stops_the_worker_with_a_clear_reason() {
+    let db = TestDb::new().await;
+    let gateway = FakeGateway::start().await;
+    gateway.refuse_handshakes(Some((
+        400,
+        vec![
+            ("handshake-status", "514".into()),
+            ("handshake-autherrcode", "1000040350".into()),
+            ("handshake-msg", "exceed conn limit".into()),
+        ],
+    )));
+    let app = spawn(&db, &gateway).await;
+    let body = wait_stopped(&app).await;
+    assert_eq!(
+        readyz(&app).await.0,
+        503,
+        "a stopped worker makes the replica not ready"
+    );
+    let reason = body["long_connection"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("maximum number of long connections"),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains("secretkey") && !reason.contains(APP_SECRET),
+        "no credentials in the reason"
+    );
+    assert_eq!(gateway.connections(), 0);
+    // The webhook still works.
+    let (body, headers) = signed_vector();
+    assert_eq!(app.post(body, &header_refs(&headers)).await.0, 200);
+    app.stop().await;
+
+    // The same from endpoint discovery's code, and a wrong secret (403) stops it too.
+    let gateway = FakeGateway::start().await;
+    gateway.set_endpoint_code(1_000_040_350);
+    let app = spawn(&db, &gateway).await;
+    wait_stopped(&app).await;
+    app.stop().await;
+    let gateway = FakeGateway::start().await;
+    let mut cfg = config(&db);
+    let mut w = worker(&gateway);
+    w.credentials.app_secret = SecretString::from("wrong");
+    cfg.long_connection = Some(w);
+    let app = TestApp::spawn(cfg).await;
+    wait_stopped(&app).await;
+    app.stop().await;
+}
+
+/// Waits until `/readyz` reports the worker stopped; returns that answer's body.
+async fn wait_stopped(app: &TestApp) -> Value {
+    for _ in 0..100 {
+        let body = readyz(app).await.1;
+        if body["long_connection"]["state"] == "stopped" {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the worker did not stop");
+}
+
+/// Sends one whole event frame and expects its first (and only) ack to be code 200.
+async fn deliver_and_expect_ack(gateway: &FakeGateway, id: &str, process_id: &str) {
+    let frame = &event_frames(&format!("m-{id}"), &event(id, process_id, 1), 1, 1)[0];
+    gateway.send(frame).await;
+    assert_eq!(ack_code(&gateway.wait_acks(1).await[0]), 200);
+}
+
+#[tokio::test]
+async fn one_event_through_the_webhook_and_the_long_connection_is_applied_once() {
+    let db = TestDb::new().await;
+    let gateway = FakeGateway::start().await;
+    let app = spawn(&db, &gateway).await;
+    gateway.wait_connections(1).await;
+    let (body, headers) = signed_vector();
+    assert_eq!(app.post(body, &header_refs(&headers)).await.0, 200);
+    gateway
+        .send(&event_frames("m-dup", &vector_payload(), 2, 1)[1])
+        .await;
+    gateway
+        .send(&event_frames("m-dup", &vector_payload(), 2, 1)[0])
+        .await;
+    assert_eq!(
+        ack_code(&gateway.wait_acks(1).await[0]),
+        200,
+        "a duplicate is acked 200"
+    );
+    let c = counts(&db.pool().await).await;
+    assert_eq!((c.inbox, c.changes, c.revision), (1, 1, 1));
+    app.stop().await;
+}
+
+/// A writer that keeps everything logged, for the secrecy test.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn trace_logs_never_contain_the_websocket_url_or_the_secret() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    // Everything at trace, through the service's own cap (also `log` records, via the bridge).
+    let installed = tracing_subscriber::fmt()
+        .with_env_filter(process_state::telemetry::capped(
+            tracing_subscriber::EnvFilter::new("trace"),
+        ))
+        .with_writer(move || writer.clone())
+        .try_init()
+        .is_ok();
+    let db = TestDb::new().await;
+    let gateway = FakeGateway::start().await;
+    let app = spawn(&db, &gateway).await;
+    gateway.wait_connections(1).await;
+    gateway.drop_connection().await;
+    gateway.wait_connections(2).await;
+    deliver_and_expect_ack(&gateway, "e-log", "1234").await;
+    app.stop().await;
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(
+        installed,
+        "this is the only test in the binary that installs a subscriber"
+    );
+    assert!(logs.contains("connected"), "the capture works");
+    for secret in ["secretkey", "access_key", "ticket=t-", APP_SECRET] {
+        assert!(!logs.contains(secret), "{secret} was logged");
+    }
+}
