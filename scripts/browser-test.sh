@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Browser-facing checks against a real service on a fresh database: `buf curl` over gRPC-web
+# (unary and server streaming) and the dashboard in Debian's headless Chromium. Needs
+# /usr/bin/chromium, node, and `npm install` in dashboard/ and tests/browser/ (.ci/run does it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+admin="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+db="ps_browser_$$"
+base="${admin%/*}"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+http_port=$(free_port); grpc_port=$(free_port)
+
+cargo build --quiet
+psql "$admin" -qc "create database $db"
+DATABASE_URL="$base/$db" target/debug/process-state serve \
+    --http-addr "127.0.0.1:$http_port" --grpc-addr "127.0.0.1:$grpc_port" 2>target/browser-test-service.log &
+service=$!
+cleanup() {
+    kill "$service" 2>/dev/null || true
+    wait "$service" 2>/dev/null || true
+    psql "$admin" -qc "drop database if exists $db with (force)" || true
+}
+trap cleanup EXIT
+for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$http_port/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+# buf curl over gRPC-web: GetProcess, then a WatchProcess stream up to its snapshot.
+curl -fsS -H 'content-type: application/json' "http://127.0.0.1:$http_port/webhook/event" -d \
+  '{"schema":"2.0","header":{"event_id":"bufcurl-1","event_type":"corehr.process.status.update_v2","create_time":"1719391068392"},"event":{"process_id":"4200","status":9}}' >/dev/null
+buf=dashboard/node_modules/.bin/buf
+got=$("$buf" curl --protocol grpcweb --http2-prior-knowledge=false --schema proto \
+    -d '{"process_id":"4200"}' "http://127.0.0.1:$grpc_port/processstate.v1.ProcessService/GetProcess")
+grep -q '"PROCESS_STATUS_COMPLETED"' <<<"$got" || { echo "buf curl GetProcess: $got"; exit 1; }
+streamed=$(timeout 5 "$buf" curl --protocol grpcweb --schema proto \
+    -d '{"process_id":"4200"}' "http://127.0.0.1:$grpc_port/processstate.v1.ProcessService/WatchProcess" || true)
+grep -q '"snapshotEnd"' <<<"$streamed" || { echo "buf curl WatchProcess: $streamed"; exit 1; }
+echo "buf curl over gRPC-web: GetProcess and WatchProcess ok"
+
+DASHBOARD_URL="http://127.0.0.1:$grpc_port/" WEBHOOK_URL="http://127.0.0.1:$http_port/webhook/event" \
+    SCREENSHOT="${SCREENSHOT:-target/dashboard.png}" node tests/browser/dashboard.mjs
+echo "browser checks: 3 passed, 0 failed"
