@@ -2,9 +2,7 @@
 //! `application/grpc-web+proto` bodies of length-prefixed frames, trailers in a final frame;
 //! and CORS, granted to configured origins only.
 
-mod common;
-
-use common::{TestApp, TestDb, config, header_refs, signed_vector};
+use crate::common::{TestApp, TestDb, config, header_refs, signed_vector};
 use process_state::api::pb::{
     self, GetProcessRequest, GetProcessResponse, WatchProcessRequest, WatchProcessResponse,
 };

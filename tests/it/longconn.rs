@@ -3,10 +3,8 @@
 //! success on redelivery, rediscovery after a drop, a stop on too many connections, a
 //! half-open connection replaced, and one event through both paths applied once.
 
-mod common;
-
-use common::gateway::{APP_ID, APP_SECRET, FakeGateway, event_frames, server_ping};
-use common::{TestApp, TestDb, config, counts, header_refs, signed_vector, vectors};
+use crate::common::gateway::{APP_ID, APP_SECRET, FakeGateway, event_frames, server_ping};
+use crate::common::{TestApp, TestDb, config, counts, header_refs, signed_vector, vectors};
 use process_state::api::pb::{GetProcessRequest, ProcessStatus};
 use process_state::intake::longconn::WorkerConfig;
 use process_state::intake::longconn::chunks::ChunkLimits;

@@ -2,9 +2,7 @@
 //! AIP-158 paging (stable while events arrive, tokens bound to their filter), reflection v1
 //! and v1alpha, and standard health checking.
 
-mod common;
-
-use common::{TestApp, TestDb, config};
+use crate::common::{TestApp, TestDb, config};
 use process_state::api::pb::{
     GetProcessRequest, ListProcessesRequest, ListTasksRequest, ProcessStatus, TaskStatus, TaskType,
 };
@@ -17,7 +15,7 @@ fn event(id: &str, event_type: &str, time: i64, body: Value) -> Value {
     json!({
         "schema": "2.0",
         "header": {"event_id": id, "event_type": event_type, "create_time": time.to_string(),
-                   "token": common::VERIFICATION_TOKEN, "tenant_key": "t", "app_id": "cli_a1b2c3d4e5f60718"},
+                   "token": crate::common::VERIFICATION_TOKEN, "tenant_key": "t", "app_id": "cli_a1b2c3d4e5f60718"},
         "event": body,
     })
 }

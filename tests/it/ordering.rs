@@ -3,9 +3,7 @@
 //! state as in-order delivery. Two services on two databases: one fed in order, one fed a
 //! shuffled, duplicated stream; their GetProcess answers must agree.
 
-mod common;
-
-use common::{TestApp, TestDb, VERIFICATION_TOKEN, config, counts};
+use crate::common::{TestApp, TestDb, VERIFICATION_TOKEN, config, counts};
 use futures::StreamExt;
 use process_state::api::pb::{self, GetProcessRequest};
 use process_state::simulate::scenario::{Tenant, process_events};

@@ -1,9 +1,7 @@
 //! The store going away: the webhook answers 503 (Feishu redelivers), health reports
 //! NOT_SERVING and /readyz 503; once the database is back, the same delivery succeeds.
 
-mod common;
-
-use common::{TestApp, TestDb, config, counts, header_refs, signed_vector};
+use crate::common::{TestApp, TestDb, config, counts, header_refs, signed_vector};
 use std::time::Duration;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,

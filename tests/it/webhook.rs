@@ -1,9 +1,7 @@
 //! The webhook against the real service and a real Postgres: the official vectors, every bad
 //! input with its documented answer and no trace in the database, duplicates, unknown types.
 
-mod common;
-
-use common::{
+use crate::common::{
     ENCRYPT_KEY, TestApp, TestDb, VERIFICATION_TOKEN, config, counts, header_refs, signed_vector,
     vectors,
 };

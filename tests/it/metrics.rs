@@ -1,9 +1,7 @@
 //! `/metrics` parses as Prometheus text and its values move as events and calls arrive
 //! (parsed, not grepped).
 
-mod common;
-
-use common::{TestApp, TestDb, config, header_refs, signed_vector};
+use crate::common::{TestApp, TestDb, config, header_refs, signed_vector};
 use process_state::api::pb::{GetProcessRequest, WatchProcessesRequest};
 use prometheus_parse::{Scrape, Value};
 

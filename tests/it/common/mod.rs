@@ -22,7 +22,7 @@ pub const VERIFICATION_TOKEN: &str = "vT0kEn4TestOnly9xYz2AbCdEfGhIjKl";
 
 /// The known-answer vectors (a copy of shared/vectors/feishu.json).
 pub fn vectors() -> Value {
-    serde_json::from_str(include_str!("../fixtures/feishu.json")).expect("fixture parses")
+    serde_json::from_str(include_str!("../../fixtures/feishu.json")).expect("fixture parses")
 }
 
 /// Body and headers of the signed CoreHR event vector (feishu-protocol.md §1.10 B).

@@ -3,9 +3,7 @@
 //! surviving a killed LISTEN connection and a stalled client, with retention, limits,
 //! heartbeats and shutdown behaving as documented.
 
-mod common;
-
-use common::{TestApp, TestDb, VERIFICATION_TOKEN, config};
+use crate::common::{TestApp, TestDb, VERIFICATION_TOKEN, config};
 use process_state::api::pb::process_service_client::ProcessServiceClient;
 use process_state::api::pb::{
     self, GetProcessRequest, WatchEvent, WatchProcessRequest, WatchProcessesRequest,

@@ -1,0 +1,18 @@
+//! Integration tests, linked into one binary: the real service on port 0 against a fresh
+//! Postgres database per test, with real HTTP, gRPC and WebSocket peers.
+//!
+//! One binary instead of one per file keeps link time and disk use down; the modules still run
+//! in parallel and can be picked by name, e.g. `cargo test --test it watch::`.
+
+mod common;
+
+mod cli;
+mod grpc;
+mod grpc_web;
+mod grpcurl;
+mod longconn;
+mod metrics;
+mod ordering;
+mod store_down;
+mod watch;
+mod webhook;
