@@ -5,16 +5,17 @@
 
 use crate::api::watch::{Hub, Watchers};
 use crate::api::{ProcessApi, pb};
+use crate::auth::Tokens;
 use crate::config::Config;
 use crate::ingest::Ingest;
 use crate::intake::webhook::{WebhookState, auth::WebhookAuth};
+use crate::reload::Reloadable;
 use crate::store::{PgStore, Retention, Store, StoreError};
-use axum::serve::ListenerExt;
+use crate::tls::{Accepted, SharedTls};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -30,6 +31,33 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("{what} server failed: {message}")]
     Serve { what: &'static str, message: String },
+    #[error("{0}")]
+    Files(String),
+}
+
+/// ALPN for both listeners: HTTP/2 for gRPC, HTTP/1.1 for gRPC-web, the webhook and probes.
+const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+/// Loads the TLS material and the token file the configuration names, as serving would.
+pub fn load_files(config: &Config) -> Result<Reloadable, AppError> {
+    let tls = config
+        .tls
+        .clone()
+        .map(|files| SharedTls::load(files, ALPN))
+        .transpose()
+        .map_err(|e| AppError::Files(format!("TLS: {e}")))?;
+    let tokens = config
+        .auth
+        .as_ref()
+        .map(|auth| Tokens::load(auth.tokens_file.clone()))
+        .transpose()
+        .map_err(|e| AppError::Files(format!("auth_tokens_file: {e}")))?;
+    Ok(Reloadable { tls, tokens })
+}
+
+/// `config check`'s file checks: the TLS material and the token file load.
+pub fn check_files(config: &Config) -> Result<(), AppError> {
+    load_files(config).map(|_| ())
 }
 
 /// A built service: connected, migrated and bound, not yet serving.
@@ -39,11 +67,13 @@ pub struct App {
     store: PgStore,
     http: TcpListener,
     grpc: TcpListener,
+    files: Reloadable,
 }
 
 impl App {
     /// Connects to the database, applies migrations and binds both listeners.
     pub async fn build(config: Config) -> Result<Self, AppError> {
+        let files = load_files(&config)?;
         let store = PgStore::connect(
             config.database.clone(),
             config.db_max_connections,
@@ -63,6 +93,7 @@ impl App {
             store,
             http,
             grpc,
+            files,
         })
     }
 
@@ -86,6 +117,7 @@ impl App {
             store,
             http,
             grpc,
+            files,
         } = self;
         let pool = store.pool().clone();
         let store: Arc<dyn Store> = Arc::new(store);
@@ -144,22 +176,32 @@ impl App {
             watchers: watchers.clone(),
             long_connection: probes.long_connection.clone(),
         };
+        let reloader = crate::reload::start(
+            files.clone(),
+            config.reload_poll,
+            metrics.clone(),
+            shutdown.clone(),
+        );
         let http_router = crate::http::router(webhook, probes, scrape);
         let http_shutdown = shutdown.clone();
+        let http_tls = files.tls.clone().filter(|_| config.http_tls);
+        let http_local = http.local_addr().map_err(|source| AppError::Bind {
+            what: "HTTP",
+            addr: config.http_addr,
+            source,
+        })?;
+        let http = Accepted {
+            rx: crate::tls::accept(http, http_tls, shutdown.clone()),
+            local: http_local,
+        };
         let http_server = tokio::spawn(async move {
-            // Small responses must not wait for the peer's delayed ACK (Nagle): ~40 ms stalls.
-            axum::serve(
-                http.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                }),
-                http_router,
-            )
-            .with_graceful_shutdown(http_shutdown.cancelled_owned())
-            .await
-            .map_err(|e| AppError::Serve {
-                what: "HTTP",
-                message: e.to_string(),
-            })
+            axum::serve(http, http_router)
+                .with_graceful_shutdown(http_shutdown.cancelled_owned())
+                .await
+                .map_err(|e| AppError::Serve {
+                    what: "HTTP",
+                    message: e.to_string(),
+                })
         });
 
         let reflection = |builder: tonic_reflection::server::Builder<'static>| {
@@ -181,11 +223,18 @@ impl App {
                 what: "reflection",
                 message: e.to_string(),
             })?;
+        let auth = crate::auth::AuthLayer {
+            tokens: files.tokens.clone(),
+            open_health: config.auth.as_ref().is_none_or(|a| a.open_health),
+            open_reflection: config.auth.as_ref().is_none_or(|a| a.open_reflection),
+            metrics: metrics.clone(),
+        };
         let grpc_router = tonic::transport::Server::builder()
             // gRPC-web for browsers: HTTP/1.1 too, CORS for the configured origins only.
             .accept_http1(true)
-            .layer(crate::metrics::RpcMetricsLayer(metrics.clone()))
             .layer(cors(&config.cors_allow_origins))
+            .layer(auth)
+            .layer(crate::metrics::RpcMetricsLayer(metrics.clone()))
             // The dashboard's page and script, next to the API it calls.
             .layer(crate::dashboard::DashboardLayer)
             .layer(tonic_web::GrpcWebLayer::new())
@@ -193,24 +242,41 @@ impl App {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             // NOT_FOUND and friends are answers, not server failures: debug level only.
-            .layer(tower_http::trace::TraceLayer::new_for_grpc().on_failure(
-                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
-            ))
+            .layer(
+                tower_http::trace::TraceLayer::new_for_grpc()
+                    .make_span_with(rpc_span)
+                    .on_failure(
+                        tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
+                    ),
+            )
             .add_service(ProcessApi::new(store.clone(), watchers).into_service())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
         let grpc_shutdown = shutdown.clone();
+        let grpc_incoming = {
+            use tokio_stream::StreamExt;
+            let accepted = crate::tls::accept(grpc, files.tls.clone(), shutdown.clone());
+            tokio_stream::wrappers::ReceiverStream::new(accepted)
+                .map(|(conn, _)| Ok::<_, std::io::Error>(conn))
+        };
         let grpc_server = tokio::spawn(async move {
             grpc_router
-                .serve_with_incoming_shutdown(nodelay(grpc), grpc_shutdown.cancelled_owned())
+                .serve_with_incoming_shutdown(grpc_incoming, grpc_shutdown.cancelled_owned())
                 .await
                 .map_err(|e| AppError::Serve {
                     what: "gRPC",
                     message: e.to_string(),
                 })
         });
-        info!(http = %config.http_addr, grpc = %config.grpc_addr, "serving");
+        info!(
+            http = %config.http_addr,
+            grpc = %config.grpc_addr,
+            tls = files.tls.is_some(),
+            http_tls = config.http_tls,
+            auth = files.tokens.is_some(),
+            "serving"
+        );
 
         let servers = async {
             let (h, g) = tokio::join!(http_server, grpc_server);
@@ -241,7 +307,7 @@ impl App {
             warn!("long-connection worker did not stop in time");
         }
         drop(ingest);
-        let _ = tokio::join!(health_task, feed_task, pruner);
+        let _ = tokio::join!(health_task, feed_task, pruner, reloader);
         if tokio::time::timeout(config.shutdown_grace, writer)
             .await
             .is_err()
@@ -276,17 +342,13 @@ fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
         .max_age(Duration::from_secs(3600))
 }
 
-/// Accepted gRPC connections with `TCP_NODELAY`: without it a small response can wait for the
-/// peer's delayed ACK (the Nagle interaction), which showed as ~40 ms p99 stalls.
-fn nodelay(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        })
-    })
+/// The request span: method path and the authenticated caller (never the token).
+fn rpc_span<B>(request: &http::Request<B>) -> tracing::Span {
+    let caller = request
+        .extensions()
+        .get::<crate::auth::Caller>()
+        .map_or("anonymous", |c| &c.0);
+    tracing::debug_span!("rpc", path = %request.uri().path(), caller = %caller)
 }
 
 /// Prunes the change log every `interval` until shutdown. Any replica may prune; the store

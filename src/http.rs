@@ -59,6 +59,7 @@ pub fn router(webhook: WebhookState, probes: Probes, scrape: Scrape) -> Router {
 async fn metrics(State(s): State<Scrape>) -> impl IntoResponse {
     let m = &s.metrics;
     m.watch_streams.set(s.watchers.open_streams() as i64);
+    m.watch_lag.set(s.watchers.max_lag());
     m.db_connections.set(i64::from(s.pool.size()));
     m.db_connections_idle.set(s.pool.num_idle() as i64);
     if let Some(worker) = &s.long_connection {

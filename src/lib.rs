@@ -15,13 +15,15 @@
 //! - [`domain`]: processes, nodes, tasks, cc tasks and Feishu's enums; no wire or SQL types.
 //! - [`store`]: the [`store::Store`] interface and its Postgres implementation.
 //! - [`api`]: the gRPC service, protobuf conversions and error mapping.
-//! - [`health`], [`http`], [`telemetry`]: probes, the HTTP router, logging.
+//! - [`health`], [`http`], [`metrics`], [`telemetry`]: probes, the HTTP router, metrics, logging.
+//! - [`tls`], [`auth`], [`reload`]: TLS listeners, gRPC caller tokens, and reloading both.
 //! - [`dashboard`]: the embedded live dashboard, served on the gRPC listener.
 //! - [`simulate`]: a Feishu stand-in that sends realistic event sequences to a webhook.
 //! - [`bench`]: load runs against real replicas that print numbers.
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod dashboard;
@@ -32,6 +34,8 @@ pub mod http;
 pub mod ingest;
 pub mod intake;
 pub mod metrics;
+pub mod reload;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

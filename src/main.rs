@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use process_state::app::App;
-use process_state::config::{Cli, Command, Config, database_options};
+use process_state::config::{Cli, Command, Config, ConfigCommand, database_options};
 use process_state::store::PgStore;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -25,7 +25,8 @@ async fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
-            let app = App::build(Config::try_from(*args)?).await?;
+            let (config, _) = Config::load(*args)?;
+            let app = App::build(config).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(signal(shutdown.clone()));
             app.run(shutdown).await?;
@@ -39,6 +40,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             .await?;
             store.migrate().await?;
             tracing::info!("migrations applied");
+        }
+        Command::Config(ConfigCommand::Check(args)) => {
+            let (config, effective) = Config::load(*args)?;
+            process_state::app::check_files(&config)?;
+            print!("{}", effective.to_masked_toml());
         }
         Command::Simulate(args) => process_state::simulate::run(args).await?,
         Command::Bench(args) => process_state::bench::run(args).await?,

@@ -21,7 +21,8 @@ pub struct EventLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// `malformed`, `unauthorized`, `unsigned` or `too_large`.
+    /// Webhook: `malformed`, `unauthorized`, `unsigned` or `too_large`; gRPC:
+    /// `missing_bearer_token` or `invalid_bearer_token`.
     pub reason: String,
 }
 
@@ -34,6 +35,16 @@ pub struct StatusLabels {
 pub struct RpcLabels {
     pub method: String,
     pub code: String,
+    /// The authenticated caller's name (`anonymous` without authentication).
+    pub caller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `tls` or `tokens`.
+    pub what: String,
+    /// `ok` or `failed` (the previous material stays in use).
+    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,6 +67,9 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub commit_seconds: Histogram,
     pub watch_streams: Gauge,
+    pub watch_lag: Gauge,
+    pub rpc_unauthenticated: Family<ReasonLabels, Counter>,
+    pub reloads: Family<ReloadLabels, Counter>,
     pub long_connection_state: Family<StateLabels, Gauge>,
     pub long_connection_reconnects: Counter,
     pub db_connections: Gauge,
@@ -73,6 +87,9 @@ impl Default for Metrics {
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             commit_seconds: latency(),
             watch_streams: Gauge::default(),
+            watch_lag: Gauge::default(),
+            rpc_unauthenticated: Family::default(),
+            reloads: Family::default(),
             long_connection_state: Family::default(),
             long_connection_reconnects: Counter::default(),
             db_connections: Gauge::default(),
@@ -113,6 +130,21 @@ impl Default for Metrics {
             "watch_streams",
             "Open watch streams on this replica",
             m.watch_streams.clone(),
+        );
+        registry.register(
+            "watch_lag_revisions",
+            "Revisions the furthest-behind watch stream trails this replica's change feed by",
+            m.watch_lag.clone(),
+        );
+        registry.register(
+            "rpc_unauthenticated",
+            "gRPC calls refused for a missing or unknown bearer token, by reason",
+            m.rpc_unauthenticated.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Reloads of the TLS certificate and the token file, by outcome",
+            m.reloads.clone(),
         );
         registry.register(
             "long_connection_state",
@@ -220,6 +252,10 @@ where
         } else {
             "other".to_owned()
         };
+        let caller = request
+            .extensions()
+            .get::<crate::auth::Caller>()
+            .map_or_else(|| "anonymous".to_owned(), |c| c.0.to_string());
         let (started, metrics) = (std::time::Instant::now(), self.metrics.clone());
         let call = self.inner.call(request);
         Box::pin(async move {
@@ -233,6 +269,7 @@ where
                 let labels = RpcLabels {
                     method,
                     code: code.to_owned(),
+                    caller,
                 };
                 metrics
                     .rpc_seconds

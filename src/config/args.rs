@@ -1,8 +1,12 @@
-//! The command line: subcommands and their flags, each also read from an environment
-//! variable. `super` turns `ServeArgs` into the validated `Config`.
+//! The command line: subcommands and their flags. Every service setting is one key of
+//! [`Settings`], reachable three ways — a flag, an environment variable, a key of the TOML
+//! file given by `--config` — and a flag beats its variable, which beats the file, which
+//! beats the default ([`Settings::defaults`]). `super` validates the result into `Config`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,10 +34,20 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Inspect configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Send realistic encrypted, signed CoreHR event sequences to a webhook.
     Simulate(crate::simulate::SimulateArgs),
     /// Load runs against replicas of this binary that print numbers.
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration `serve` would use (file, environment and flags) and print
+    /// the effective settings as TOML, secrets masked. Exits non-zero naming a bad key.
+    Check(Box<ServeArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -43,81 +57,242 @@ pub struct DatabaseArgs {
     pub database_url: String,
 }
 
+/// `serve`'s arguments: an optional configuration file, and settings given as flags or
+/// environment variables.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// TOML configuration file; its keys are the settings' names (see the README's table).
+    #[arg(long, env = "PROCESS_STATE_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
-    pub database: DatabaseArgs,
-    /// Address of the HTTP listener (webhook, /healthz, /readyz).
-    #[arg(long, env = "PROCESS_STATE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
-    pub http_addr: SocketAddr,
-    /// Address of the gRPC listener.
-    #[arg(long, env = "PROCESS_STATE_GRPC_ADDR", default_value = "0.0.0.0:50051")]
-    pub grpc_addr: SocketAddr,
+    pub settings: Settings,
+}
+
+/// Every setting of `serve`, each optional so the layers can be merged. In the file, keys are
+/// these field names; an unknown key is an error.
+#[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Postgres URL, e.g. postgres://postgres@127.0.0.1:5432/postgres
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Address of the HTTP listener (webhook, probes, metrics) [default: 0.0.0.0:8080].
+    #[arg(long, env = "PROCESS_STATE_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Address of the gRPC listener [default: 0.0.0.0:50051].
+    #[arg(long, env = "PROCESS_STATE_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
     /// Feishu Encrypt Key: bodies are AES-256-CBC encrypted and signed with it.
     #[arg(long, env = "FEISHU_ENCRYPT_KEY", hide_env_values = true)]
     pub encrypt_key: Option<String>,
     /// Feishu Verification Token: compared with every body's token.
     #[arg(long, env = "FEISHU_VERIFICATION_TOKEN", hide_env_values = true)]
     pub verification_token: Option<String>,
-    /// Largest webhook body accepted, in bytes.
-    #[arg(long, env = "PROCESS_STATE_BODY_LIMIT", default_value_t = 1024 * 1024)]
-    pub body_limit: usize,
-    /// Longest wait for an event's commit before the webhook answers 503 (Feishu allows 3 s).
-    #[arg(long, env = "PROCESS_STATE_INGEST_TIMEOUT_MS", default_value_t = 2500)]
-    pub ingest_timeout_ms: u64,
-    /// Most events committed in one transaction.
-    #[arg(long, env = "PROCESS_STATE_BATCH_MAX", default_value_t = 256)]
-    pub batch_max: usize,
-    /// How long a batch waits for more events after the first, in milliseconds.
-    #[arg(long, env = "PROCESS_STATE_BATCH_WAIT_MS", default_value_t = 0)]
-    pub batch_wait_ms: u64,
-    /// Database connections in the pool.
-    #[arg(long, env = "PROCESS_STATE_DB_MAX_CONNECTIONS", default_value_t = 16)]
-    pub db_max_connections: u32,
-    /// How often the database is checked for health and readiness, in milliseconds.
-    #[arg(long, env = "PROCESS_STATE_HEALTH_INTERVAL_MS", default_value_t = 1000)]
-    pub health_interval_ms: u64,
-    /// Idle watch streams get a heartbeat this often, in milliseconds.
-    #[arg(
-        long,
-        env = "PROCESS_STATE_WATCH_HEARTBEAT_MS",
-        default_value_t = 15_000
-    )]
-    pub watch_heartbeat_ms: u64,
-    /// Most open watch streams on this replica.
-    #[arg(long, env = "PROCESS_STATE_MAX_WATCHERS", default_value_t = 20_000)]
-    pub max_watchers: usize,
-    /// The change log keeps changes this many hours (watchers can resume that far back).
-    #[arg(long, env = "PROCESS_STATE_RETENTION_HOURS", default_value_t = 168)]
-    pub retention_hours: u64,
-    /// The change log keeps at most this many latest revisions; 0 for no limit.
-    #[arg(long, env = "PROCESS_STATE_RETENTION_REVISIONS", default_value_t = 0)]
-    pub retention_revisions: u64,
-    /// The change feed reads the log at least this often even without a notification, in ms.
-    #[arg(long, env = "PROCESS_STATE_FEED_POLL_MS", default_value_t = 1000)]
-    pub feed_poll_ms: u64,
-    /// Also receive events over Feishu's long connection (WebSocket; custom apps only).
-    #[arg(long, env = "PROCESS_STATE_LONG_CONNECTION")]
-    pub long_connection: bool,
+    /// Largest webhook body accepted, in bytes [default: 1048576].
+    #[arg(long, env = "PROCESS_STATE_BODY_LIMIT")]
+    pub body_limit: Option<usize>,
+    /// Longest wait for an event's commit before the webhook answers 503 [default: 2500].
+    #[arg(long, env = "PROCESS_STATE_INGEST_TIMEOUT_MS")]
+    pub ingest_timeout_ms: Option<u64>,
+    /// Most events committed in one transaction [default: 256].
+    #[arg(long, env = "PROCESS_STATE_BATCH_MAX")]
+    pub batch_max: Option<usize>,
+    /// How long a batch waits for more events after the first, in ms [default: 0].
+    #[arg(long, env = "PROCESS_STATE_BATCH_WAIT_MS")]
+    pub batch_wait_ms: Option<u64>,
+    /// Database connections in the pool [default: 16].
+    #[arg(long, env = "PROCESS_STATE_DB_MAX_CONNECTIONS")]
+    pub db_max_connections: Option<u32>,
+    /// How often the database is checked for health and readiness, in ms [default: 1000].
+    #[arg(long, env = "PROCESS_STATE_HEALTH_INTERVAL_MS")]
+    pub health_interval_ms: Option<u64>,
+    /// Idle watch streams get a heartbeat this often, in ms [default: 15000].
+    #[arg(long, env = "PROCESS_STATE_WATCH_HEARTBEAT_MS")]
+    pub watch_heartbeat_ms: Option<u64>,
+    /// Most open watch streams on this replica [default: 20000].
+    #[arg(long, env = "PROCESS_STATE_MAX_WATCHERS")]
+    pub max_watchers: Option<usize>,
+    /// The change log keeps changes this many hours [default: 168].
+    #[arg(long, env = "PROCESS_STATE_RETENTION_HOURS")]
+    pub retention_hours: Option<u64>,
+    /// The change log keeps at most this many latest revisions; 0 for no limit [default: 0].
+    #[arg(long, env = "PROCESS_STATE_RETENTION_REVISIONS")]
+    pub retention_revisions: Option<u64>,
+    /// The change feed reads the log at least this often, in ms [default: 1000].
+    #[arg(long, env = "PROCESS_STATE_FEED_POLL_MS")]
+    pub feed_poll_ms: Option<u64>,
+    /// Also receive events over Feishu's long connection (WebSocket) [default: false].
+    #[arg(long, env = "PROCESS_STATE_LONG_CONNECTION", num_args = 0..=1, default_missing_value = "true")]
+    pub long_connection: Option<bool>,
     /// Feishu App ID (`cli_...`), for the long connection.
     #[arg(long, env = "FEISHU_APP_ID")]
     pub app_id: Option<String>,
     /// Feishu App Secret, for the long connection.
     #[arg(long, env = "FEISHU_APP_SECRET", hide_env_values = true)]
     pub app_secret: Option<String>,
+    /// Feishu Open Platform base URL [default: https://open.feishu.cn].
+    #[arg(long, env = "FEISHU_BASE_URL")]
+    pub feishu_base_url: Option<String>,
     /// Origins allowed to call the gRPC API from a browser over gRPC-web (repeatable; the
-    /// variable takes a comma-separated list). No origin is allowed unless listed.
+    /// variable takes a comma-separated list).
     #[arg(
         long = "cors-allow-origin",
         env = "PROCESS_STATE_CORS_ALLOW_ORIGINS",
         value_delimiter = ','
     )]
-    pub cors_allow_origins: Vec<String>,
-    /// Feishu Open Platform base URL (https://open.larksuite.com for Lark).
-    #[arg(
-        long,
-        env = "FEISHU_BASE_URL",
-        default_value = "https://open.feishu.cn"
-    )]
-    pub feishu_base_url: String,
+    pub cors_allow_origins: Option<Vec<String>>,
+    /// PEM certificate chain: serve gRPC over TLS (needs --tls-key-file). Reloaded on SIGHUP
+    /// and when the file changes.
+    #[arg(long, env = "PROCESS_STATE_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for --tls-cert-file.
+    #[arg(long, env = "PROCESS_STATE_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: require gRPC clients to present a certificate they signed (mTLS).
+    #[arg(long, env = "PROCESS_STATE_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Serve the HTTP listener over TLS too, with the same certificate [default: false].
+    #[arg(long, env = "PROCESS_STATE_HTTP_TLS", num_args = 0..=1, default_missing_value = "true")]
+    pub http_tls: Option<bool>,
+    /// Bearer tokens for gRPC callers, one `name token` pair per line; unset = no caller
+    /// authentication. Reloaded on SIGHUP and when the file changes.
+    #[arg(long, env = "PROCESS_STATE_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Leave grpc.health.v1 open to callers without a token [default: true].
+    #[arg(long, env = "PROCESS_STATE_AUTH_OPEN_HEALTH", num_args = 0..=1, default_missing_value = "true")]
+    pub auth_open_health: Option<bool>,
+    /// Leave server reflection open to callers without a token [default: false].
+    #[arg(long, env = "PROCESS_STATE_AUTH_OPEN_REFLECTION", num_args = 0..=1, default_missing_value = "true")]
+    pub auth_open_reflection: Option<bool>,
+    /// How often the TLS and token files are checked for changes, in ms [default: 5000].
+    #[arg(long, env = "PROCESS_STATE_RELOAD_POLL_MS")]
+    pub reload_poll_ms: Option<u64>,
+}
+
+/// Settings whose values are never printed.
+pub const SECRET_KEYS: &[&str] = &["encrypt_key", "verification_token", "app_secret"];
+
+impl Settings {
+    /// The defaults: the bottom layer.
+    pub fn defaults() -> Self {
+        Self {
+            database_url: None,
+            http_addr: Some(([0, 0, 0, 0], 8080).into()),
+            grpc_addr: Some(([0, 0, 0, 0], 50051).into()),
+            encrypt_key: None,
+            verification_token: None,
+            body_limit: Some(1024 * 1024),
+            ingest_timeout_ms: Some(2500),
+            batch_max: Some(256),
+            batch_wait_ms: Some(0),
+            db_max_connections: Some(16),
+            health_interval_ms: Some(1000),
+            watch_heartbeat_ms: Some(15_000),
+            max_watchers: Some(20_000),
+            retention_hours: Some(168),
+            retention_revisions: Some(0),
+            feed_poll_ms: Some(1000),
+            long_connection: Some(false),
+            app_id: None,
+            app_secret: None,
+            feishu_base_url: Some("https://open.feishu.cn".into()),
+            cors_allow_origins: Some(Vec::new()),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            http_tls: Some(false),
+            auth_tokens_file: None,
+            auth_open_health: Some(true),
+            auth_open_reflection: Some(false),
+            reload_poll_ms: Some(5000),
+        }
+    }
+
+    /// Parses a configuration file's text. Errors name the key (and line) at fault.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// `self` with every unset key taken from `lower`.
+    pub fn over(self, lower: Settings) -> Settings {
+        let mut merged = table(&lower);
+        merged.extend(table(&self));
+        merged
+            .try_into()
+            .expect("a merge of two valid settings is valid")
+    }
+
+    /// The settings as TOML, secrets masked and the database password hidden.
+    pub fn to_masked_toml(&self) -> String {
+        let mut t = table(self);
+        for key in SECRET_KEYS {
+            if let Some(v) = t.get_mut(*key) {
+                *v = toml::Value::String("<hidden>".into());
+            }
+        }
+        if let Some(url) = self.database_url.as_deref() {
+            t.insert("database_url".into(), mask_password(url).into());
+        }
+        toml::to_string(&t).expect("settings serialize")
+    }
+}
+
+fn table(settings: &Settings) -> toml::Table {
+    toml::Table::try_from(settings).expect("settings serialize to a table")
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:<hidden>@host/db`.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:<hidden>@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_merge_key_by_key() {
+        let file = Settings::from_toml("body_limit = 10\nbatch_max = 7\n").unwrap();
+        let flags = Settings {
+            batch_max: Some(9),
+            ..Settings::default()
+        };
+        let s = flags.over(file).over(Settings::defaults());
+        assert_eq!(
+            (s.body_limit, s.batch_max, s.db_max_connections),
+            (Some(10), Some(9), Some(16))
+        );
+    }
+
+    #[test]
+    fn bad_files_name_the_key() {
+        let err = Settings::from_toml("bdy_limit = 10\n").unwrap_err();
+        assert!(err.contains("bdy_limit"), "{err}");
+        let err = Settings::from_toml("batch_max = \"many\"\n").unwrap_err();
+        assert!(err.contains("batch_max"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let s = Settings {
+            database_url: Some("postgres://u:hunter2@h/db".into()),
+            encrypt_key: Some("k3y".into()),
+            ..Settings::defaults()
+        };
+        let shown = s.to_masked_toml();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("k3y"),
+            "{shown}"
+        );
+        assert!(shown.contains("postgres://u:<hidden>@h/db"), "{shown}");
+    }
 }

@@ -3,7 +3,9 @@
 
 mod args;
 
-pub use args::{Cli, Command, DatabaseArgs, LogFormat, ServeArgs};
+pub use args::{
+    Cli, Command, ConfigCommand, DatabaseArgs, LogFormat, SECRET_KEYS, ServeArgs, Settings,
+};
 
 use crate::api::watch::WatchConfig;
 use crate::ingest::WriterConfig;
@@ -12,6 +14,7 @@ use crate::store::Retention;
 use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -19,14 +22,14 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {setting}: {reason}")]
 pub struct ConfigError {
-    pub setting: &'static str,
+    pub setting: String,
     pub reason: String,
 }
 
 impl ConfigError {
-    fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+    pub fn new(setting: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
-            setting,
+            setting: setting.into(),
             reason: reason.into(),
         }
     }
@@ -62,6 +65,30 @@ pub struct Config {
     pub long_connection: Option<WorkerConfig>,
     /// Browser origins allowed to use gRPC-web (exact `scheme://host[:port]` values).
     pub cors_allow_origins: Vec<http::HeaderValue>,
+    /// TLS for the gRPC listener (and the HTTP one when `http_tls`).
+    pub tls: Option<TlsFiles>,
+    pub http_tls: bool,
+    /// Bearer-token authentication of gRPC callers.
+    pub auth: Option<AuthConfig>,
+    /// How often the TLS and token files are checked for changes.
+    pub reload_poll: Duration,
+}
+
+/// Where the TLS material lives; read at start and on every reload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by one of these CAs.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Caller authentication for the gRPC listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthConfig {
+    pub tokens_file: PathBuf,
+    pub open_health: bool,
+    pub open_reflection: bool,
 }
 
 impl Config {
@@ -90,6 +117,10 @@ impl Config {
             feed_capacity: 1024,
             long_connection: None,
             cors_allow_origins: Vec::new(),
+            tls: None,
+            http_tls: false,
+            auth: None,
+            reload_poll: Duration::from_secs(5),
         }
     }
 }
@@ -124,32 +155,44 @@ impl std::fmt::Debug for Config {
             .field("feed_capacity", &self.feed_capacity)
             .field("long_connection", &self.long_connection)
             .field("cors_allow_origins", &self.cors_allow_origins)
+            .field("tls", &self.tls)
+            .field("http_tls", &self.http_tls)
+            .field("auth", &self.auth)
+            .field("reload_poll", &self.reload_poll)
             .finish()
     }
 }
 
-fn worker_config(
-    app_id: Option<String>,
-    app_secret: Option<String>,
-    base_url: String,
-) -> Result<WorkerConfig, ConfigError> {
-    let app_id = app_id.filter(|id| !id.trim().is_empty()).ok_or_else(|| {
-        ConfigError::new(
-            "--app-id (FEISHU_APP_ID)",
-            "is required with --long-connection",
-        )
-    })?;
-    let app_secret = secret(app_secret, "--app-secret (FEISHU_APP_SECRET)")?.ok_or_else(|| {
-        ConfigError::new(
-            "--app-secret (FEISHU_APP_SECRET)",
-            "is required with --long-connection",
-        )
-    })?;
+/// How an operator names a setting: its file key, flag and environment variable, e.g.
+/// `body_limit (--body-limit, PROCESS_STATE_BODY_LIMIT)`. Read from the flag definitions.
+pub fn setting_name(key: &str) -> String {
+    use clap::Args as _;
+    let command = Settings::augment_args(clap::Command::new("serve"));
+    let Some(arg) = command.get_arguments().find(|a| a.get_id() == key) else {
+        return key.to_owned();
+    };
+    let flag = arg.get_long().map(|l| format!("--{l}")).unwrap_or_default();
+    match arg.get_env() {
+        Some(env) => format!("{key} ({flag}, {})", env.to_string_lossy()),
+        None => format!("{key} ({flag})"),
+    }
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::new(setting_name(key), reason)
+}
+
+fn worker_config(s: &Settings) -> Result<WorkerConfig, ConfigError> {
+    let app_id = s
+        .app_id
+        .clone()
+        .filter(|id| !id.trim().is_empty())
+        .ok_or_else(|| invalid("app_id", "is required with long_connection"))?;
+    let app_secret = secret(s.app_secret.clone(), "app_secret")?
+        .ok_or_else(|| invalid("app_secret", "is required with long_connection"))?;
+    let base_url = s.feishu_base_url.clone().unwrap_or_default();
     if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-        return Err(ConfigError::new(
-            "--feishu-base-url (FEISHU_BASE_URL)",
-            "must be an http(s) URL",
-        ));
+        return Err(invalid("feishu_base_url", "must be an http(s) URL"));
     }
     Ok(WorkerConfig {
         credentials: Credentials {
@@ -164,7 +207,7 @@ fn worker_config(
 
 /// Exact origins only: `*` would let any web page drive the API with a user's network access.
 fn cors_origins(origins: Vec<String>) -> Result<Vec<http::HeaderValue>, ConfigError> {
-    let setting = "--cors-allow-origin (PROCESS_STATE_CORS_ALLOW_ORIGINS)";
+    let key = "cors_allow_origins";
     origins
         .into_iter()
         .map(|o| o.trim().trim_end_matches('/').to_owned())
@@ -173,121 +216,136 @@ fn cors_origins(origins: Vec<String>) -> Result<Vec<http::HeaderValue>, ConfigEr
             let plausible = (origin.starts_with("http://") || origin.starts_with("https://"))
                 && !origin["https://".len().min(origin.len())..].contains('/');
             if !plausible {
-                return Err(ConfigError::new(
-                    setting,
+                return Err(invalid(
+                    key,
                     format!("{origin:?} is not an origin like https://dashboard.example.com"),
                 ));
             }
-            http::HeaderValue::from_str(&origin).map_err(|_| {
-                ConfigError::new(setting, format!("{origin:?} is not a valid header value"))
-            })
+            http::HeaderValue::from_str(&origin)
+                .map_err(|_| invalid(key, format!("{origin:?} is not a valid header value")))
         })
         .collect()
 }
 
 /// Parses and checks a database URL.
 pub fn database_options(url: &str) -> Result<PgConnectOptions, ConfigError> {
+    let key = "database_url";
     if url.trim().is_empty() {
-        return Err(ConfigError::new(
-            "--database-url (DATABASE_URL)",
-            "is empty",
-        ));
+        return Err(invalid(key, "is empty"));
     }
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(ConfigError::new(
-            "--database-url (DATABASE_URL)",
-            "must be a postgres:// or postgresql:// URL",
-        ));
+        return Err(invalid(key, "must be a postgres:// or postgresql:// URL"));
     }
     // The parser's message never includes the URL, so the password stays out of the error.
-    PgConnectOptions::from_str(url)
-        .map_err(|e| ConfigError::new("--database-url (DATABASE_URL)", e.to_string()))
+    PgConnectOptions::from_str(url).map_err(|e| invalid(key, e.to_string()))
 }
 
-fn secret(
-    value: Option<String>,
-    setting: &'static str,
-) -> Result<Option<SecretString>, ConfigError> {
+fn secret(value: Option<String>, key: &str) -> Result<Option<SecretString>, ConfigError> {
     match value {
         None => Ok(None),
-        Some(v) if v.trim().is_empty() => Err(ConfigError::new(
-            setting,
-            "is set but empty; unset it or give a value",
-        )),
+        Some(v) if v.trim().is_empty() => {
+            Err(invalid(key, "is set but empty; unset it or give a value"))
+        }
         Some(v) => Ok(Some(SecretString::from(v))),
     }
 }
 
-impl TryFrom<ServeArgs> for Config {
-    type Error = ConfigError;
+fn positive<T: Copy + Default + PartialEq>(value: Option<T>, key: &str) -> Result<T, ConfigError> {
+    match value {
+        Some(v) if v != T::default() => Ok(v),
+        Some(_) => Err(invalid(key, "must be greater than 0")),
+        None => Err(invalid(key, "is required")),
+    }
+}
 
-    fn try_from(a: ServeArgs) -> Result<Self, ConfigError> {
-        let positive = |value: u64, setting: &'static str| {
-            if value == 0 {
-                Err(ConfigError::new(setting, "must be greater than 0"))
-            } else {
-                Ok(value)
+fn required<T>(value: Option<T>, key: &str) -> Result<T, ConfigError> {
+    value.ok_or_else(|| invalid(key, "is required"))
+}
+
+fn ms(value: Option<u64>, key: &str) -> Result<Duration, ConfigError> {
+    positive(value, key).map(Duration::from_millis)
+}
+
+fn tls_files(s: &Settings) -> Result<Option<TlsFiles>, ConfigError> {
+    let tls = match (&s.tls_cert_file, &s.tls_key_file) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: s.tls_client_ca_file.clone(),
+        }),
+        (Some(_), None) => return Err(invalid("tls_key_file", "is required with tls_cert_file")),
+        (None, Some(_)) => return Err(invalid("tls_cert_file", "is required with tls_key_file")),
+        (None, None) => None,
+    };
+    if tls.is_none() && s.tls_client_ca_file.is_some() {
+        return Err(invalid(
+            "tls_client_ca_file",
+            "needs tls_cert_file and tls_key_file",
+        ));
+    }
+    if tls.is_none() && s.http_tls == Some(true) {
+        return Err(invalid("http_tls", "needs tls_cert_file and tls_key_file"));
+    }
+    Ok(tls)
+}
+
+impl Config {
+    /// Reads `--config` (if any) and layers flags and environment over it, then defaults.
+    /// Returns the validated configuration and the effective settings it came from.
+    pub fn load(args: ServeArgs) -> Result<(Config, Settings), ConfigError> {
+        let file = match &args.config {
+            None => Settings::default(),
+            Some(path) => {
+                let setting = format!("config file {}", path.display());
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::new(setting.clone(), e.to_string()))?;
+                Settings::from_toml(&text).map_err(|e| ConfigError::new(setting, e))?
             }
         };
-        positive(
-            a.body_limit as u64,
-            "--body-limit (PROCESS_STATE_BODY_LIMIT)",
-        )?;
-        positive(a.batch_max as u64, "--batch-max (PROCESS_STATE_BATCH_MAX)")?;
-        positive(
-            u64::from(a.db_max_connections),
-            "--db-max-connections (PROCESS_STATE_DB_MAX_CONNECTIONS)",
-        )?;
-        let ingest_ms = positive(
-            a.ingest_timeout_ms,
-            "--ingest-timeout-ms (PROCESS_STATE_INGEST_TIMEOUT_MS)",
-        )?;
-        let health_ms = positive(
-            a.health_interval_ms,
-            "--health-interval-ms (PROCESS_STATE_HEALTH_INTERVAL_MS)",
-        )?;
-        if a.http_addr == a.grpc_addr && a.http_addr.port() != 0 {
-            return Err(ConfigError::new(
-                "--grpc-addr (PROCESS_STATE_GRPC_ADDR)",
-                "must differ from --http-addr",
-            ));
+        let effective = args.settings.over(file).over(Settings::defaults());
+        Ok((Config::try_from(effective.clone())?, effective))
+    }
+}
+
+impl TryFrom<Settings> for Config {
+    type Error = ConfigError;
+
+    fn try_from(s: Settings) -> Result<Self, ConfigError> {
+        let database_url = required(s.database_url.clone(), "database_url")?;
+        let mut config = Config::new(database_options(&database_url)?);
+        config.http_addr = required(s.http_addr, "http_addr")?;
+        config.grpc_addr = required(s.grpc_addr, "grpc_addr")?;
+        if config.http_addr == config.grpc_addr && config.http_addr.port() != 0 {
+            return Err(invalid("grpc_addr", "must differ from http_addr"));
         }
-        let mut config = Config::new(database_options(&a.database.database_url)?);
-        config.http_addr = a.http_addr;
-        config.grpc_addr = a.grpc_addr;
-        config.encrypt_key = secret(a.encrypt_key, "--encrypt-key (FEISHU_ENCRYPT_KEY)")?;
-        config.verification_token = secret(
-            a.verification_token,
-            "--verification-token (FEISHU_VERIFICATION_TOKEN)",
-        )?;
-        config.body_limit = a.body_limit;
-        config.ingest_timeout = Duration::from_millis(ingest_ms);
-        config.writer.max_batch = a.batch_max;
-        config.writer.max_wait = Duration::from_millis(a.batch_wait_ms);
-        config.db_max_connections = a.db_max_connections;
-        config.health_interval = Duration::from_millis(health_ms);
-        config.watch.heartbeat = Duration::from_millis(positive(
-            a.watch_heartbeat_ms,
-            "--watch-heartbeat-ms (PROCESS_STATE_WATCH_HEARTBEAT_MS)",
-        )?);
-        config.watch.max_watchers = a.max_watchers;
-        config.retention.max_age = Duration::from_secs(
-            3600 * positive(
-                a.retention_hours,
-                "--retention-hours (PROCESS_STATE_RETENTION_HOURS)",
-            )?,
-        );
-        config.retention.max_revisions = (a.retention_revisions > 0)
-            .then(|| i64::try_from(a.retention_revisions).unwrap_or(i64::MAX));
-        config.feed_poll_interval = Duration::from_millis(positive(
-            a.feed_poll_ms,
-            "--feed-poll-ms (PROCESS_STATE_FEED_POLL_MS)",
-        )?);
-        if a.long_connection {
-            config.long_connection =
-                Some(worker_config(a.app_id, a.app_secret, a.feishu_base_url)?);
+        config.encrypt_key = secret(s.encrypt_key.clone(), "encrypt_key")?;
+        config.verification_token = secret(s.verification_token.clone(), "verification_token")?;
+        config.body_limit = positive(s.body_limit, "body_limit")?;
+        config.ingest_timeout = ms(s.ingest_timeout_ms, "ingest_timeout_ms")?;
+        config.writer.max_batch = positive(s.batch_max, "batch_max")?;
+        config.writer.max_wait = Duration::from_millis(required(s.batch_wait_ms, "batch_wait_ms")?);
+        config.db_max_connections = positive(s.db_max_connections, "db_max_connections")?;
+        config.health_interval = ms(s.health_interval_ms, "health_interval_ms")?;
+        config.watch.heartbeat = ms(s.watch_heartbeat_ms, "watch_heartbeat_ms")?;
+        config.watch.max_watchers = required(s.max_watchers, "max_watchers")?;
+        config.retention.max_age =
+            Duration::from_secs(3600 * positive(s.retention_hours, "retention_hours")?);
+        let max_revisions = required(s.retention_revisions, "retention_revisions")?;
+        config.retention.max_revisions =
+            (max_revisions > 0).then(|| i64::try_from(max_revisions).unwrap_or(i64::MAX));
+        config.feed_poll_interval = ms(s.feed_poll_ms, "feed_poll_ms")?;
+        if s.long_connection == Some(true) {
+            config.long_connection = Some(worker_config(&s)?);
         }
-        config.cors_allow_origins = cors_origins(a.cors_allow_origins)?;
+        config.cors_allow_origins = cors_origins(s.cors_allow_origins.clone().unwrap_or_default())?;
+        config.tls = tls_files(&s)?;
+        config.http_tls = s.http_tls == Some(true);
+        config.auth = s.auth_tokens_file.clone().map(|tokens_file| AuthConfig {
+            tokens_file,
+            open_health: s.auth_open_health != Some(false),
+            open_reflection: s.auth_open_reflection == Some(true),
+        });
+        config.reload_poll = ms(s.reload_poll_ms, "reload_poll_ms")?;
         Ok(config)
     }
 }
@@ -309,7 +367,7 @@ mod tests {
         let Command::Serve(a) = cli.command else {
             unreachable!()
         };
-        Config::try_from(*a).map_err(|e| e.to_string())
+        Config::load(*a).map(|(c, _)| c).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -41,7 +41,7 @@ fn a_bad_setting_is_one_line_naming_it() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("--body-limit (PROCESS_STATE_BODY_LIMIT)"),
+        stderr.contains("body_limit (--body-limit, PROCESS_STATE_BODY_LIMIT)"),
         "{stderr}"
     );
 
@@ -55,6 +55,81 @@ fn a_bad_setting_is_one_line_naming_it() {
         !output.status.success() && stderr.contains("DATABASE_URL") && !stderr.contains("secret"),
         "{stderr}"
     );
+}
+
+/// A file in the test's temporary directory.
+fn write_temp(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ps-cli-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn config_check(file: &std::path::Path, extra: &[&str]) -> (bool, String, String) {
+    let mut command = Command::new(BIN);
+    command
+        .args(["config", "check", "--config"])
+        .arg(file)
+        .args(extra)
+        .env_remove("DATABASE_URL")
+        .env("NO_COLOR", "1");
+    let output = command.output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_check_names_the_bad_key() {
+    let base = "database_url = \"postgres://u:dbsecret@127.0.0.1:5432/db\"\n";
+    for (text, key) in [
+        ("bdy_limit = 10\n", "bdy_limit"),
+        ("batch_max = \"many\"\n", "batch_max"),
+        (
+            "batch_max = 0\n",
+            "batch_max (--batch-max, PROCESS_STATE_BATCH_MAX)",
+        ),
+        ("grpc_addr = \"localhost\"\n", "grpc_addr"),
+        (
+            "tls_cert_file = \"/nonexistent/cert.pem\"\n",
+            "tls_key_file",
+        ),
+        (
+            "auth_tokens_file = \"/nonexistent/tokens\"\n",
+            "auth_tokens_file",
+        ),
+    ] {
+        let file = write_temp("bad.toml", &format!("{base}{text}"));
+        let (ok, stdout, stderr) = config_check(&file, &[]);
+        assert!(!ok, "{text}: accepted\n{stdout}");
+        assert!(stderr.contains(key), "{text}: {stderr}");
+        assert!(!stderr.contains("dbsecret"), "{stderr}");
+    }
+}
+
+#[test]
+fn config_check_prints_effective_settings_masked() {
+    let file = write_temp(
+        "good.toml",
+        "database_url = \"postgres://u:dbsecret@127.0.0.1:5432/db\"\n\
+         encrypt_key = \"file-key-secret\"\nbatch_max = 64\nbody_limit = 2048\n",
+    );
+    // A flag beats the file; the file beats the default.
+    let (ok, stdout, stderr) = config_check(&file, &["--batch-max", "32"]);
+    assert!(ok, "{stderr}");
+    let effective: toml::Table = stdout.parse().expect("the output is TOML");
+    assert_eq!(effective["batch_max"].as_integer(), Some(32));
+    assert_eq!(effective["body_limit"].as_integer(), Some(2048));
+    assert_eq!(effective["db_max_connections"].as_integer(), Some(16));
+    assert_eq!(effective["encrypt_key"].as_str(), Some("<hidden>"));
+    assert_eq!(
+        effective["database_url"].as_str(),
+        Some("postgres://u:<hidden>@127.0.0.1:5432/db")
+    );
+    assert!(!stdout.contains("secret"), "{stdout}");
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ mod grpcurl;
 mod longconn;
 mod metrics;
 mod ordering;
+mod security;
 mod store_down;
 mod watch;
 mod webhook;

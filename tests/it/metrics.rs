@@ -5,7 +5,7 @@ use crate::common::{TestApp, TestDb, config, header_refs, signed_vector};
 use process_state::api::pb::{GetProcessRequest, WatchProcessesRequest};
 use prometheus_parse::{Scrape, Value};
 
-async fn scrape(app: &TestApp) -> Scrape {
+pub async fn scrape(app: &TestApp) -> Scrape {
     let response = app
         .client
         .get(format!("http://{}/metrics", app.http))
@@ -18,7 +18,7 @@ async fn scrape(app: &TestApp) -> Scrape {
 }
 
 /// The value of the sample `name` with these labels (a histogram's count); 0 when absent.
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .samples
         .iter()
@@ -102,6 +102,12 @@ async fn metrics_parse_and_move() {
     assert!(value(&after, "process_state_ingest_batch_size", &[]) >= 2.0);
     assert!(value(&after, "process_state_ingest_commit_seconds", &[]) >= 2.0);
     assert_eq!(value(&after, "process_state_watch_streams", &[]), 1.0);
+    let lag = after
+        .samples
+        .iter()
+        .find(|s| s.metric == "process_state_watch_lag_revisions")
+        .expect("watcher lag is exposed");
+    assert!(matches!(lag.value, Value::Gauge(v) if v >= 0.0));
     assert!(value(&after, "process_state_db_connections", &[]) >= 1.0);
     drop(stream);
     app.stop().await;

@@ -9,6 +9,7 @@
 use crate::domain::ChangeSet;
 use crate::store::{Doorbell, Store};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,8 @@ const READ_LIMIT: u32 = 500;
 #[derive(Debug, Clone)]
 pub struct Hub {
     sets: broadcast::Sender<Arc<ChangeSet>>,
+    /// The last revision the feed has read (and broadcast) through.
+    head: Arc<AtomicI64>,
 }
 
 impl Hub {
@@ -32,13 +35,20 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (sets, _) = broadcast::channel(capacity.max(1));
+        let head = Arc::new(AtomicI64::new(0));
         let feed = Feed {
             store,
             sets: sets.clone(),
+            head: head.clone(),
             poll_interval,
         };
         let handle = tokio::spawn(feed.run(shutdown));
-        (Self { sets }, handle)
+        (Self { sets, head }, handle)
+    }
+
+    /// The last revision this replica's feed has read through.
+    pub fn head(&self) -> i64 {
+        self.head.load(Ordering::Acquire)
     }
 
     /// Receives every change set broadcast from now on.
@@ -50,6 +60,7 @@ impl Hub {
 struct Feed {
     store: Arc<dyn Store>,
     sets: broadcast::Sender<Arc<ChangeSet>>,
+    head: Arc<AtomicI64>,
     poll_interval: Duration,
 }
 
@@ -100,6 +111,7 @@ impl Feed {
                         let _ = self.sets.send(Arc::new(set));
                     }
                     position = position.max(log.through);
+                    self.head.store(position, Ordering::Release);
                     if !cut_by_limit {
                         return position;
                     }

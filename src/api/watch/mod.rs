@@ -18,7 +18,7 @@ use crate::store::{LogBounds, ProcessFilter, SnapshotItem, Store};
 use futures_core::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
@@ -74,6 +74,7 @@ pub struct Watchers {
     hub: Hub,
     config: WatchConfig,
     open: Arc<AtomicUsize>,
+    positions: Positions,
     snapshots: Arc<tokio::sync::Semaphore>,
     shutdown: CancellationToken,
 }
@@ -90,6 +91,7 @@ impl Watchers {
             hub,
             config,
             open: Arc::default(),
+            positions: Positions::default(),
             snapshots: Arc::new(tokio::sync::Semaphore::new(
                 config.concurrent_snapshots.max(1),
             )),
@@ -102,16 +104,31 @@ impl Watchers {
         self.open.load(Ordering::Relaxed)
     }
 
+    /// How many revisions the furthest-behind open stream trails this replica's feed by
+    /// (0 when every stream is current; streams still sending a snapshot are not counted).
+    pub fn max_lag(&self) -> i64 {
+        let head = self.hub.head();
+        let positions = self.positions.0.lock().expect("positions lock");
+        positions
+            .values()
+            .map(|p| p.load(Ordering::Relaxed))
+            .filter(|p| *p != NOT_STARTED)
+            .map(|p| (head - p).max(0))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Validates the request and opens the stream. Errors here are the RPC's status.
     pub async fn open(&self, request: WatchRequest) -> Result<EventStream, Status> {
-        let slot = Slot::take(&self.open, self.config.max_watchers).ok_or_else(|| {
-            let details = ErrorDetails::with_error_info("TOO_MANY_WATCHERS", ERROR_DOMAIN, []);
-            Status::with_error_details(
-                Code::ResourceExhausted,
-                "this replica has no room for another watch; retry on another replica or later",
-                details,
-            )
-        })?;
+        let slot =
+            Slot::take(&self.open, &self.positions, self.config.max_watchers).ok_or_else(|| {
+                let details = ErrorDetails::with_error_info("TOO_MANY_WATCHERS", ERROR_DOMAIN, []);
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    "this replica has no room for another watch; retry on another replica or later",
+                    details,
+                )
+            })?;
         let bounds = self.store.log_bounds().await.map_err(ApiError::from)?;
         if let Some(start) = request.start_revision {
             if start < 0 {
@@ -147,22 +164,54 @@ fn compacted(start: i64, oldest: i64) -> Status {
     Status::with_error_details(Code::OutOfRange, msg, details)
 }
 
-/// One open stream's share of the replica's limit.
-struct Slot(Arc<AtomicUsize>);
+/// A stream's position before its snapshot ends.
+const NOT_STARTED: i64 = i64::MAX;
+
+/// Every open stream's position, for the lag metric.
+#[derive(Debug, Default, Clone)]
+struct Positions(Arc<std::sync::Mutex<std::collections::HashMap<u64, Arc<AtomicI64>>>>);
+
+/// One open stream's share of the replica's limit, and its published position.
+struct Slot {
+    open: Arc<AtomicUsize>,
+    positions: Positions,
+    id: u64,
+    position: Arc<AtomicI64>,
+}
+
+static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
 
 impl Slot {
-    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+    fn take(open: &Arc<AtomicUsize>, positions: &Positions, max: usize) -> Option<Self> {
         open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < max).then_some(n + 1)
         })
         .ok()?;
-        Some(Self(open.clone()))
+        let (id, position) = (
+            NEXT_SLOT.fetch_add(1, Ordering::Relaxed),
+            Arc::new(AtomicI64::new(NOT_STARTED)),
+        );
+        let mut map = positions.0.lock().expect("positions lock");
+        map.insert(id, position.clone());
+        drop(map);
+        Some(Self {
+            open: open.clone(),
+            positions: positions.clone(),
+            id,
+            position,
+        })
+    }
+
+    fn at(&self, revision: i64) {
+        self.position.store(revision, Ordering::Relaxed);
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        let mut map = self.positions.0.lock().expect("positions lock");
+        map.remove(&self.id);
     }
 }
 
@@ -191,7 +240,6 @@ fn stream(
     slot: Slot,
 ) -> impl Stream<Item = Result<pb::WatchEvent, Status>> + Send {
     async_stream::try_stream! {
-        let _slot = slot;
         let filter = request.filter;
         let mut position = match request.start_revision {
             Some(start) if start >= bounds.pruned_through => start,
@@ -224,6 +272,7 @@ fn stream(
         let mut catching_up = true;
         let mut last_sent = Instant::now();
         loop {
+            slot.at(position);
             if catching_up {
                 let log = w.store.changes_after(position, filter.process_id.as_deref(), CATCH_UP_LIMIT).await.map_err(store_status)?;
                 if log.pruned_through > position {
