@@ -11,10 +11,15 @@ base="${admin%/*}"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 http_port=$(free_port); grpc_port=$(free_port)
 
+# Caller authentication on, as in production: every gRPC-web call carries a bearer token.
+token="browser-test-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+mkdir -p target && printf 'dashboard %s\n' "$token" >target/browser-test-tokens
+
 cargo build --quiet
 psql "$admin" -qc "create database $db"
 DATABASE_URL="$base/$db" target/debug/process-state serve \
-    --http-addr "127.0.0.1:$http_port" --grpc-addr "127.0.0.1:$grpc_port" 2>target/browser-test-service.log &
+    --http-addr "127.0.0.1:$http_port" --grpc-addr "127.0.0.1:$grpc_port" \
+    --auth-tokens-file target/browser-test-tokens 2>target/browser-test-service.log &
 service=$!
 cleanup() {
     kill "$service" 2>/dev/null || true
@@ -31,14 +36,17 @@ done
 curl -fsS -H 'content-type: application/json' "http://127.0.0.1:$http_port/webhook/event" -d \
   '{"schema":"2.0","header":{"event_id":"bufcurl-1","event_type":"corehr.process.status.update_v2","create_time":"1719391068392"},"event":{"process_id":"4200","status":9}}' >/dev/null
 buf=dashboard/node_modules/.bin/buf
-got=$("$buf" curl --protocol grpcweb --http2-prior-knowledge=false --schema proto \
+got=$("$buf" curl --protocol grpcweb --http2-prior-knowledge=false --schema proto -H "authorization: Bearer $token" \
     -d '{"process_id":"4200"}' "http://127.0.0.1:$grpc_port/processstate.v1.ProcessService/GetProcess")
 grep -q '"PROCESS_STATUS_COMPLETED"' <<<"$got" || { echo "buf curl GetProcess: $got"; exit 1; }
-streamed=$(timeout 5 "$buf" curl --protocol grpcweb --schema proto \
+streamed=$(timeout 5 "$buf" curl --protocol grpcweb --schema proto -H "authorization: Bearer $token" \
     -d '{"process_id":"4200"}' "http://127.0.0.1:$grpc_port/processstate.v1.ProcessService/WatchProcess" || true)
 grep -q '"snapshotEnd"' <<<"$streamed" || { echo "buf curl WatchProcess: $streamed"; exit 1; }
-echo "buf curl over gRPC-web: GetProcess and WatchProcess ok"
+refused=$("$buf" curl --protocol grpcweb --http2-prior-knowledge=false --schema proto \
+    -d '{"process_id":"4200"}' "http://127.0.0.1:$grpc_port/processstate.v1.ProcessService/GetProcess" 2>&1 || true)
+grep -qi 'unauthenticated' <<<"$refused" || { echo "buf curl without a token: $refused"; exit 1; }
+echo "buf curl over gRPC-web: GetProcess and WatchProcess ok; refused without a token"
 
-DASHBOARD_URL="http://127.0.0.1:$grpc_port/" WEBHOOK_URL="http://127.0.0.1:$http_port/webhook/event" \
+TOKEN="$token" DASHBOARD_URL="http://127.0.0.1:$grpc_port/" WEBHOOK_URL="http://127.0.0.1:$http_port/webhook/event" \
     SCREENSHOT="${SCREENSHOT:-target/dashboard.png}" node tests/browser/dashboard.mjs
-echo "browser checks: 3 passed, 0 failed"
+echo "browser checks: 5 passed, 0 failed"

@@ -1,7 +1,7 @@
 // The process-state dashboard: follows every process over gRPC-web (WatchProcesses), folds the
 // stream into a map, and renders counts, a filterable list and one process's details. It
 // resumes from the last revision it received after a disconnect.
-import { createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import {
@@ -9,7 +9,22 @@ import {
   type Process, type WatchEvent,
 } from "./gen/processstate/v1/process_service_pb";
 
-const client = createClient(ProcessService, createGrpcWebTransport({ baseUrl: location.origin }));
+// With caller authentication on, open the page as /#token=<bearer token>: the fragment never
+// leaves the browser (no server log sees it); it is kept in this tab's sessionStorage.
+const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");
+if (fromHash) {
+  sessionStorage.setItem("process-state-token", fromHash);
+  history.replaceState(null, "", location.pathname);
+}
+const token = sessionStorage.getItem("process-state-token");
+const withToken: Interceptor = (next) => (req) => {
+  if (token) req.header.set("authorization", `Bearer ${token}`);
+  return next(req);
+};
+const client = createClient(
+  ProcessService,
+  createGrpcWebTransport({ baseUrl: location.origin, interceptors: [withToken] }),
+);
 const processes = new Map<string, Process>();
 let revision: bigint | undefined;
 let selected: string | undefined;
@@ -143,7 +158,11 @@ async function follow() {
         render();
       }
     } catch (err) {
-      setState(`reconnecting: ${err instanceof Error ? err.message : String(err)}`, "retrying");
+      if (err instanceof ConnectError && err.code === Code.Unauthenticated) {
+        setState("unauthenticated: open this page as /#token=<your token>", "retrying");
+      } else {
+        setState(`reconnecting: ${err instanceof Error ? err.message : String(err)}`, "retrying");
+      }
     }
     await new Promise((r) => setTimeout(r, 1000));
   }

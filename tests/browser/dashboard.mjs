@@ -1,9 +1,10 @@
 // Loads the dashboard in Debian's headless Chromium, sends webhook events, and checks that a
 // process appears and that its status changes live, without a reload. Saves a screenshot.
-// Env: DASHBOARD_URL, WEBHOOK_URL, SCREENSHOT.
+// With caller authentication on, a page without a token says so, and one opened with
+// #token=... works. Env: DASHBOARD_URL, WEBHOOK_URL, SCREENSHOT, TOKEN.
 import { chromium } from "playwright-core";
 
-const { DASHBOARD_URL, WEBHOOK_URL, SCREENSHOT } = process.env;
+const { DASHBOARD_URL, WEBHOOK_URL, SCREENSHOT, TOKEN } = process.env;
 const processId = String(7300000000000000000n + BigInt(Date.now()));
 
 function event(id, status, createTime, type = "corehr.process.status.update_v2", body = {}) {
@@ -26,10 +27,18 @@ const browser = await chromium.launch({
 });
 let failed = false;
 try {
+  if (TOKEN) {
+    const anonymous = await browser.newPage();
+    await anonymous.goto(DASHBOARD_URL);
+    await anonymous.locator("#state", { hasText: "unauthenticated" }).waitFor({ timeout: 15000 });
+    await anonymous.close();
+    console.log("dashboard: without a token the page says it is unauthenticated");
+  }
   const page = await browser.newPage({ viewport: { width: 1280, height: 720 } });
   let navigations = 0;
-  page.on("framenavigated", (f) => { if (f === page.mainFrame()) navigations += 1; });
-  await page.goto(DASHBOARD_URL);
+  // Full page loads only: dropping the #token fragment is a same-document navigation.
+  page.on("load", () => { navigations += 1; });
+  await page.goto(TOKEN ? `${DASHBOARD_URL}#token=${TOKEN}` : DASHBOARD_URL);
   await page.locator("#state.live").waitFor({ timeout: 15000 });
 
   await post(event(`bt-${processId}-1`, 1, 1719391068000));
