@@ -6,6 +6,7 @@
 
 mod common;
 
+mod batching;
 mod cli;
 mod grpc;
 mod grpc_web;

@@ -1,290 +1,285 @@
-//! The ingest transaction: inbox, guarded state upserts, change log, revision counter, NOTIFY.
+//! The ingest transaction for a batch, in a constant number of statements whatever its size:
+//! lock the revision counter (and read the transaction time), insert the inbox rows (a
+//! duplicate stops there), read the current rows the new events touch, fold the batch in
+//! memory (`fold.rs`), then write the final rows, the change-log rows, the counter and the
+//! NOTIFY doorbell. Every array travels as one parameter (`unnest`).
 //!
-//! Each event is ONE statement of data-modifying CTEs: the inbox insert (a duplicate stops
-//! there: everything else is gated on it), for a child event the placeholder process row, the
-//! upsert whose `WHERE` applies the event only if its `(event_time, event_id)` is greater than
-//! the row's (ARCHITECTURE.md invariant 3), and the change-log rows of whatever changed. One
-//! round trip per event keeps the batch short, and the batch holds the revision counter.
-//! An event overwrites the fields it carries and keeps the others.
-//!
-//! All parts of one statement see the same snapshot: `processes p` joined by the change-log
-//! insert is the row as it was before the statement (the previous status of a process change;
-//! the current process of a child change, or the placeholder created by this statement).
-//!
-//! Parameters shared by all statements: $1 event_id, $2 event_type, $3 source,
-//! $4 create_time, $5 tenant_key, $6 app_id, $7 payload; with a state update also $8 revision
-//! and $9 process id.
+//! The counter is locked first: it orders revisions by commit and serializes writers
+//! (ARCHITECTURE.md invariant 5), so the rows read after it cannot change before the commit,
+//! and no two ingest transactions wait on each other's rows in opposite orders.
 
 use super::NOTIFY_CHANNEL;
-use crate::domain::{Event, Update};
+use super::fold::{self, CcState, Current, NodeState, Plan, ProcessState, TaskState};
+use crate::domain::Event;
 use crate::store::Outcome;
-use sqlx::postgres::PgArguments;
-use sqlx::query::QueryAs;
-use sqlx::{PgPool, Postgres};
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
 
 /// Stores `events` in one transaction and returns what happened to each.
 pub(super) async fn ingest(pool: &PgPool, events: &[Event]) -> Result<Vec<Outcome>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    // Lock the counter first: it orders revisions by commit and serializes writers, so no two
-    // ingest transactions ever wait on each other's inbox or state rows in opposite orders.
-    let start: i64 = sqlx::query_scalar("select revision from revision_counter for update")
-        .fetch_one(&mut *tx)
+    let (start, now): (i64, DateTime<Utc>) =
+        sqlx::query_as("select revision, now() from revision_counter for update")
+            .fetch_one(&mut *tx)
+            .await?;
+    let new = insert_inbox(&mut tx, events).await?;
+    let current = read_current(&mut tx, events, &new).await?;
+    let plan = fold::fold(events, &new, current, start, now);
+    write(&mut tx, &plan).await?;
+    if plan.revision > start {
+        // The doorbell for watchers (invariant 6): the payload is only the latest revision.
+        sqlx::query(
+            "with bump as (update revision_counter set revision = $1) select pg_notify($2, $3)",
+        )
+        .bind(plan.revision)
+        .bind(NOTIFY_CHANNEL)
+        .bind(plan.revision.to_string())
+        .execute(&mut *tx)
         .await?;
-    let mut revision = start;
-    let mut outcomes = Vec::with_capacity(events.len());
-    for event in events {
-        let candidate = revision + 1;
-        let (new, changed): (bool, bool) = statement(event, candidate).fetch_one(&mut *tx).await?;
-        outcomes.push(match (new, changed) {
-            (false, _) => Outcome::Duplicate,
-            (true, false) => Outcome::Kept,
-            (true, true) => {
-                revision = candidate;
-                Outcome::Applied { revision }
-            }
-        });
-    }
-    if revision > start {
-        sqlx::query("update revision_counter set revision = $1")
-            .bind(revision)
-            .execute(&mut *tx)
-            .await?;
-        // A doorbell for watchers (invariant 6): the payload is only the latest revision.
-        sqlx::query("select pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(revision.to_string())
-            .execute(&mut *tx)
-            .await?;
     }
     tx.commit().await?;
-    Ok(outcomes)
+    Ok(plan.outcomes)
 }
 
-/// The event's statement with all its parameters bound; it returns (new event, state changed).
-fn statement(event: &Event, revision: i64) -> QueryAs<'_, Postgres, (bool, bool), PgArguments> {
-    let sql = match &event.update {
-        None => INBOX_ONLY,
-        Some(Update::Process(_)) => PROCESS,
-        Some(Update::Node(_)) => NODE,
-        Some(Update::Task(_)) => TASK,
-        Some(Update::Cc(_)) => CC,
-    };
-    let query = sqlx::query_as(sql)
-        .bind(&event.event_id)
-        .bind(&event.event_type)
-        .bind(event.source.as_str())
-        .bind(event.create_time)
-        .bind(&event.tenant_key)
-        .bind(&event.app_id)
-        .bind(&event.payload);
-    let Some(update) = &event.update else {
-        return query;
-    };
-    let query = query.bind(revision).bind(update.process_id());
-    match update {
-        Update::Process(u) => query
-            .bind(u.status.map(|s| s.0))
-            .bind(&u.biz_type)
-            .bind(&u.flow_definition_id)
-            .bind(u.properties.map(|p| p.0)),
-        Update::Node(u) => query
-            .bind(&u.biz_type)
-            .bind(&u.flow_definition_id)
-            .bind(&u.process_node_id)
-            .bind(&u.node_definition_id)
-            .bind(u.node_type.map(|v| v.0))
-            .bind(u.node_status.map(|v| v.0)),
-        Update::Task(u) => query
-            .bind(&u.biz_type)
-            .bind(&u.flow_definition_id)
-            .bind(&u.approver_id)
-            .bind(u.task_type.map(|v| v.0))
-            .bind(u.status.map(|v| v.0))
-            .bind(&u.node_definition_id)
-            .bind(&u.process_node_id),
-        Update::Cc(u) => query
-            .bind(&u.biz_type)
-            .bind(None::<String>)
-            .bind(&u.approver_id)
-            .bind(u.status.map(|v| v.0)),
+/// Inserts the batch's events into the inbox; `new[i]` tells whether event `i` was stored now
+/// (false: already there, or an earlier copy in this batch was).
+async fn insert_inbox(tx: &mut PgConnection, events: &[Event]) -> Result<Vec<bool>, sqlx::Error> {
+    let firsts = fold::first_occurrences(events);
+    let pick = |f: fn(&Event) -> String| firsts.iter().map(|&i| f(&events[i])).collect::<Vec<_>>();
+    let opt =
+        |f: fn(&Event) -> Option<String>| firsts.iter().map(|&i| f(&events[i])).collect::<Vec<_>>();
+    let stored: Vec<String> = sqlx::query_scalar(
+        "insert into inbox (event_id, event_type, source, create_time, tenant_key, app_id, payload)
+         select * from unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[],
+                              $6::text[], $7::jsonb[])
+         on conflict (event_id) do nothing
+         returning event_id",
+    )
+    .bind(pick(|e| e.event_id.clone()))
+    .bind(pick(|e| e.event_type.clone()))
+    .bind(pick(|e| e.source.as_str().to_owned()))
+    .bind(
+        firsts
+            .iter()
+            .map(|&i| events[i].create_time)
+            .collect::<Vec<_>>(),
+    )
+    .bind(opt(|e| e.tenant_key.clone()))
+    .bind(opt(|e| e.app_id.clone()))
+    .bind(
+        firsts
+            .iter()
+            .map(|&i| &events[i].payload)
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let stored: std::collections::HashSet<&str> = stored.iter().map(String::as_str).collect();
+    let mut new = vec![false; events.len()];
+    for i in firsts {
+        new[i] = stored.contains(events[i].event_id.as_str());
     }
+    Ok(new)
 }
 
-macro_rules! inbox_cte {
-    () => {
-        "ins as (
-           insert into inbox (event_id, event_type, source, create_time, tenant_key, app_id, payload)
-           values ($1, $2, $3, $4, $5, $6, $7)
-           on conflict (event_id) do nothing
-           returning 1)"
-    };
+fn keyed<T: DeserializeOwned>(
+    rows: serde_json::Value,
+    key: fn(&T) -> &String,
+) -> Result<HashMap<String, T>, sqlx::Error> {
+    let rows: Vec<T> = serde_json::from_value(rows).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    Ok(rows.into_iter().map(|r| (key(&r).clone(), r)).collect())
 }
 
-/// Columns of a change-log row.
-macro_rules! change_columns {
-    () => {
-        "revision, entity, entity_id, process_id, event_id, state, change_time,
-         process_status, previous_process_status, process_biz_type, process_flow_definition_id"
-    };
-}
-
-/// For a child event ($9 process id, $10 biz type, $11 definition): the placeholder process
-/// row when the process is not known yet (status unknown until a process event; invariant 4),
-/// and its change-log row.
-macro_rules! ensure_process_ctes {
-    () => {
-        concat!(
-            "ensure as (
-               insert into processes (process_id, biz_type, flow_definition_id, tenant_key, app_id, change_time, revision)
-               select $9, $10, $11, $5, $6, now(), $8 where exists (select 1 from ins)
-               on conflict (process_id) do nothing
-               returning *),
-             ensure_log as (
-               insert into changes (", change_columns!(), ")
-               select e.revision, 'process', e.process_id, e.process_id, $1, to_jsonb(e), e.change_time,
-                      e.status, null, e.biz_type, e.flow_definition_id
-               from ensure e)"
+/// The stored rows of every entity the new events touch, in one statement.
+async fn read_current(
+    tx: &mut PgConnection,
+    events: &[Event],
+    new: &[bool],
+) -> Result<Current, sqlx::Error> {
+    let (processes, nodes, tasks, cc_tasks) = fold::touched(events, new);
+    if processes.is_empty() {
+        return Ok(Current::default());
+    }
+    let (p, n, t, c): (serde_json::Value, serde_json::Value, serde_json::Value, serde_json::Value) =
+        sqlx::query_as(
+            "select
+               (select coalesce(jsonb_agg(to_jsonb(r)), '[]') from processes r where process_id = any($1)),
+               (select coalesce(jsonb_agg(to_jsonb(r)), '[]') from nodes r where process_node_id = any($2)),
+               (select coalesce(jsonb_agg(to_jsonb(r)), '[]') from tasks r where approver_id = any($3)),
+               (select coalesce(jsonb_agg(to_jsonb(r)), '[]') from cc_tasks r where approver_id = any($4))",
         )
-    };
+        .bind(&processes)
+        .bind(&nodes)
+        .bind(&tasks)
+        .bind(&cc_tasks)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(Current {
+        processes: keyed(p, |r: &ProcessState| &r.process_id)?,
+        nodes: keyed(n, |r: &NodeState| &r.process_node_id)?,
+        tasks: keyed(t, |r: &TaskState| &r.approver_id)?,
+        cc_tasks: keyed(c, |r: &CcState| &r.approver_id)?,
+    })
 }
 
-/// The change-log row of a child upsert `up`, with the process's filterable fields.
-macro_rules! child_log_cte {
-    ($entity:literal, $id:literal) => {
-        concat!(
-            "up_log as (
-               insert into changes (", change_columns!(), ")
-               select up.revision, '", $entity, "', up.", $id, ", up.process_id, $1, to_jsonb(up), up.change_time,
-                      coalesce(p.status, e.status), coalesce(p.status, e.status),
-                      coalesce(p.biz_type, e.biz_type), coalesce(p.flow_definition_id, e.flow_definition_id)
-               from up
-               left join processes p on p.process_id = up.process_id
-               left join ensure e on e.process_id = up.process_id)
-             select exists (select 1 from ins), exists (select 1 from up) or exists (select 1 from ensure)"
+/// Column `f` of every row.
+fn col<R, T>(rows: &[&R], f: impl Fn(&R) -> T) -> Vec<T> {
+    rows.iter().map(|r| f(r)).collect()
+}
+
+/// Writes the plan's rows: each table's final rows in one upsert, then the change log.
+async fn write(tx: &mut PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
+    if !plan.processes.is_empty() {
+        let rows: Vec<&ProcessState> = plan.processes.values().collect();
+        sqlx::query(
+            "insert into processes (process_id, status, biz_type, flow_definition_id, properties,
+                                    tenant_key, app_id, event_time, event_id, change_time, revision)
+             select * from unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::int4[],
+                                  $6::text[], $7::text[], $8::int8[], $9::text[],
+                                  $10::timestamptz[], $11::int8[])
+             on conflict (process_id) do update set
+               status = excluded.status, biz_type = excluded.biz_type,
+               flow_definition_id = excluded.flow_definition_id, properties = excluded.properties,
+               tenant_key = excluded.tenant_key, app_id = excluded.app_id,
+               event_time = excluded.event_time, event_id = excluded.event_id,
+               change_time = excluded.change_time, revision = excluded.revision",
         )
-    };
+        .bind(col(&rows, |r| r.process_id.clone()))
+        .bind(col(&rows, |r| r.status))
+        .bind(col(&rows, |r| r.biz_type.clone()))
+        .bind(col(&rows, |r| r.flow_definition_id.clone()))
+        .bind(col(&rows, |r| r.properties))
+        .bind(col(&rows, |r| r.tenant_key.clone()))
+        .bind(col(&rows, |r| r.app_id.clone()))
+        .bind(col(&rows, |r| r.event_time))
+        .bind(col(&rows, |r| r.event_id.clone()))
+        .bind(col(&rows, |r| r.change_time))
+        .bind(col(&rows, |r| r.revision))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !plan.nodes.is_empty() {
+        let rows: Vec<&NodeState> = plan.nodes.values().collect();
+        sqlx::query(
+            "insert into nodes (process_node_id, process_id, node_definition_id, flow_definition_id,
+                                node_type, node_status, biz_type, tenant_key, app_id,
+                                event_time, event_id, change_time, revision)
+             select * from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[],
+                                  $6::int4[], $7::text[], $8::text[], $9::text[], $10::int8[],
+                                  $11::text[], $12::timestamptz[], $13::int8[])
+             on conflict (process_node_id) do update set
+               process_id = excluded.process_id, node_definition_id = excluded.node_definition_id,
+               flow_definition_id = excluded.flow_definition_id, node_type = excluded.node_type,
+               node_status = excluded.node_status, biz_type = excluded.biz_type,
+               tenant_key = excluded.tenant_key, app_id = excluded.app_id,
+               event_time = excluded.event_time, event_id = excluded.event_id,
+               change_time = excluded.change_time, revision = excluded.revision",
+        )
+        .bind(col(&rows, |r| r.process_node_id.clone()))
+        .bind(col(&rows, |r| r.process_id.clone()))
+        .bind(col(&rows, |r| r.node_definition_id.clone()))
+        .bind(col(&rows, |r| r.flow_definition_id.clone()))
+        .bind(col(&rows, |r| r.node_type))
+        .bind(col(&rows, |r| r.node_status))
+        .bind(col(&rows, |r| r.biz_type.clone()))
+        .bind(col(&rows, |r| r.tenant_key.clone()))
+        .bind(col(&rows, |r| r.app_id.clone()))
+        .bind(col(&rows, |r| r.event_time))
+        .bind(col(&rows, |r| r.event_id.clone()))
+        .bind(col(&rows, |r| r.change_time))
+        .bind(col(&rows, |r| r.revision))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !plan.tasks.is_empty() {
+        let rows: Vec<&TaskState> = plan.tasks.values().collect();
+        sqlx::query(
+            "insert into tasks (approver_id, process_id, task_type, status, biz_type,
+                                flow_definition_id, node_definition_id, process_node_id,
+                                tenant_key, app_id, event_time, event_id, change_time, revision)
+             select * from unnest($1::text[], $2::text[], $3::int4[], $4::int4[], $5::text[],
+                                  $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                                  $11::int8[], $12::text[], $13::timestamptz[], $14::int8[])
+             on conflict (approver_id) do update set
+               process_id = excluded.process_id, task_type = excluded.task_type,
+               status = excluded.status, biz_type = excluded.biz_type,
+               flow_definition_id = excluded.flow_definition_id,
+               node_definition_id = excluded.node_definition_id,
+               process_node_id = excluded.process_node_id,
+               tenant_key = excluded.tenant_key, app_id = excluded.app_id,
+               event_time = excluded.event_time, event_id = excluded.event_id,
+               change_time = excluded.change_time, revision = excluded.revision",
+        )
+        .bind(col(&rows, |r| r.approver_id.clone()))
+        .bind(col(&rows, |r| r.process_id.clone()))
+        .bind(col(&rows, |r| r.task_type))
+        .bind(col(&rows, |r| r.status))
+        .bind(col(&rows, |r| r.biz_type.clone()))
+        .bind(col(&rows, |r| r.flow_definition_id.clone()))
+        .bind(col(&rows, |r| r.node_definition_id.clone()))
+        .bind(col(&rows, |r| r.process_node_id.clone()))
+        .bind(col(&rows, |r| r.tenant_key.clone()))
+        .bind(col(&rows, |r| r.app_id.clone()))
+        .bind(col(&rows, |r| r.event_time))
+        .bind(col(&rows, |r| r.event_id.clone()))
+        .bind(col(&rows, |r| r.change_time))
+        .bind(col(&rows, |r| r.revision))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !plan.cc_tasks.is_empty() {
+        let rows: Vec<&CcState> = plan.cc_tasks.values().collect();
+        sqlx::query(
+            "insert into cc_tasks (approver_id, process_id, status, biz_type, tenant_key, app_id,
+                                   event_time, event_id, change_time, revision)
+             select * from unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[],
+                                  $6::text[], $7::int8[], $8::text[], $9::timestamptz[],
+                                  $10::int8[])
+             on conflict (approver_id) do update set
+               process_id = excluded.process_id, status = excluded.status,
+               biz_type = excluded.biz_type, tenant_key = excluded.tenant_key,
+               app_id = excluded.app_id, event_time = excluded.event_time,
+               event_id = excluded.event_id, change_time = excluded.change_time,
+               revision = excluded.revision",
+        )
+        .bind(col(&rows, |r| r.approver_id.clone()))
+        .bind(col(&rows, |r| r.process_id.clone()))
+        .bind(col(&rows, |r| r.status))
+        .bind(col(&rows, |r| r.biz_type.clone()))
+        .bind(col(&rows, |r| r.tenant_key.clone()))
+        .bind(col(&rows, |r| r.app_id.clone()))
+        .bind(col(&rows, |r| r.event_time))
+        .bind(col(&rows, |r| r.event_id.clone()))
+        .bind(col(&rows, |r| r.change_time))
+        .bind(col(&rows, |r| r.revision))
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !plan.changes.is_empty() {
+        let rows: Vec<_> = plan.changes.iter().collect();
+        sqlx::query(
+            "insert into changes (revision, entity, entity_id, process_id, event_id, state,
+                                  change_time, process_status, previous_process_status,
+                                  process_biz_type, process_flow_definition_id)
+             select * from unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::jsonb[], $7::timestamptz[], $8::int4[], $9::int4[],
+                                  $10::text[], $11::text[])",
+        )
+        .bind(col(&rows, |r| r.revision))
+        .bind(col(&rows, |r| r.entity))
+        .bind(col(&rows, |r| r.entity_id.clone()))
+        .bind(col(&rows, |r| r.process_id.clone()))
+        .bind(col(&rows, |r| r.event_id.clone()))
+        .bind(plan.changes.iter().map(|r| &r.state).collect::<Vec<_>>())
+        .bind(col(&rows, |r| r.change_time))
+        .bind(col(&rows, |r| r.process_status))
+        .bind(col(&rows, |r| r.previous_process_status))
+        .bind(col(&rows, |r| r.process_biz_type.clone()))
+        .bind(col(&rows, |r| r.process_flow_definition_id.clone()))
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
-
-const INBOX_ONLY: &str = concat!(
-    "with ",
-    inbox_cte!(),
-    " select exists (select 1 from ins), false"
-);
-
-/// $9 process id, $10 status, $11 biz type, $12 definition, $13 properties.
-const PROCESS: &str = concat!(
-    "with ",
-    inbox_cte!(),
-    ",
-     up as (
-       insert into processes as p (process_id, status, biz_type, flow_definition_id, properties,
-                                   tenant_key, app_id, event_time, event_id, change_time, revision)
-       select $9, $10, $11, $12, $13, $5, $6, $4, $1, now(), $8 where exists (select 1 from ins)
-       on conflict (process_id) do update set
-         status = coalesce(excluded.status, p.status),
-         biz_type = coalesce(excluded.biz_type, p.biz_type),
-         flow_definition_id = coalesce(excluded.flow_definition_id, p.flow_definition_id),
-         properties = coalesce(excluded.properties, p.properties),
-         tenant_key = coalesce(excluded.tenant_key, p.tenant_key),
-         app_id = coalesce(excluded.app_id, p.app_id),
-         event_time = excluded.event_time,
-         event_id = excluded.event_id,
-         change_time = excluded.change_time,
-         revision = excluded.revision
-       where p.event_time is null
-          or (p.event_time, p.event_id) < (excluded.event_time, excluded.event_id)
-       returning *),
-     up_log as (
-       insert into changes (", change_columns!(), ")
-       select up.revision, 'process', up.process_id, up.process_id, $1, to_jsonb(up), up.change_time,
-              up.status, p.status, up.biz_type, up.flow_definition_id
-       from up left join processes p on p.process_id = up.process_id)
-     select exists (select 1 from ins), exists (select 1 from up)"
-);
-
-/// $12 node id, $13 node definition, $14 node type, $15 node status.
-const NODE: &str = concat!(
-    "with ",
-    inbox_cte!(),
-    ", ",
-    ensure_process_ctes!(),
-    ",
-     up as (
-       insert into nodes as n (process_node_id, process_id, node_definition_id, flow_definition_id,
-                               node_type, node_status, biz_type, tenant_key, app_id,
-                               event_time, event_id, change_time, revision)
-       select $12, $9, $13, $11, $14, $15, $10, $5, $6, $4, $1, now(), $8 where exists (select 1 from ins)
-       on conflict (process_node_id) do update set
-         process_id = excluded.process_id,
-         node_definition_id = coalesce(excluded.node_definition_id, n.node_definition_id),
-         flow_definition_id = coalesce(excluded.flow_definition_id, n.flow_definition_id),
-         node_type = coalesce(excluded.node_type, n.node_type),
-         node_status = coalesce(excluded.node_status, n.node_status),
-         biz_type = coalesce(excluded.biz_type, n.biz_type),
-         tenant_key = coalesce(excluded.tenant_key, n.tenant_key),
-         app_id = coalesce(excluded.app_id, n.app_id),
-         event_time = excluded.event_time,
-         event_id = excluded.event_id,
-         change_time = excluded.change_time,
-         revision = excluded.revision
-       where (n.event_time, n.event_id) < (excluded.event_time, excluded.event_id)
-       returning *), ",
-    child_log_cte!("node", "process_node_id")
-);
-
-/// $12 task id, $13 type, $14 status, $15 node definition, $16 node instance.
-const TASK: &str = concat!(
-    "with ",
-    inbox_cte!(),
-    ", ",
-    ensure_process_ctes!(),
-    ",
-     up as (
-       insert into tasks as t (approver_id, process_id, task_type, status, biz_type, flow_definition_id,
-                               node_definition_id, process_node_id, tenant_key, app_id,
-                               event_time, event_id, change_time, revision)
-       select $12, $9, $13, $14, $10, $11, $15, $16, $5, $6, $4, $1, now(), $8 where exists (select 1 from ins)
-       on conflict (approver_id) do update set
-         process_id = excluded.process_id,
-         task_type = coalesce(excluded.task_type, t.task_type),
-         status = coalesce(excluded.status, t.status),
-         biz_type = coalesce(excluded.biz_type, t.biz_type),
-         flow_definition_id = coalesce(excluded.flow_definition_id, t.flow_definition_id),
-         node_definition_id = coalesce(excluded.node_definition_id, t.node_definition_id),
-         process_node_id = coalesce(excluded.process_node_id, t.process_node_id),
-         tenant_key = coalesce(excluded.tenant_key, t.tenant_key),
-         app_id = coalesce(excluded.app_id, t.app_id),
-         event_time = excluded.event_time,
-         event_id = excluded.event_id,
-         change_time = excluded.change_time,
-         revision = excluded.revision
-       where (t.event_time, t.event_id) < (excluded.event_time, excluded.event_id)
-       returning *), ",
-    child_log_cte!("task", "approver_id")
-);
-
-/// $12 cc task id, $13 status ($11 is always NULL: cc events carry no definition).
-const CC: &str = concat!(
-    "with ",
-    inbox_cte!(),
-    ", ",
-    ensure_process_ctes!(),
-    ",
-     up as (
-       insert into cc_tasks as c (approver_id, process_id, status, biz_type, tenant_key, app_id,
-                                  event_time, event_id, change_time, revision)
-       select $12, $9, $13, $10, $5, $6, $4, $1, now(), $8 where exists (select 1 from ins)
-       on conflict (approver_id) do update set
-         process_id = excluded.process_id,
-         status = coalesce(excluded.status, c.status),
-         biz_type = coalesce(excluded.biz_type, c.biz_type),
-         tenant_key = coalesce(excluded.tenant_key, c.tenant_key),
-         app_id = coalesce(excluded.app_id, c.app_id),
-         event_time = excluded.event_time,
-         event_id = excluded.event_id,
-         change_time = excluded.change_time,
-         revision = excluded.revision
-       where (c.event_time, c.event_id) < (excluded.event_time, excluded.event_id)
-       returning *), ",
-    child_log_cte!("cc_task", "approver_id")
-);

@@ -1,6 +1,7 @@
 //! The Postgres [`Store`]: a sqlx pool, migrations, and the statements in `ingest` and `read`.
 
 mod changes;
+mod fold;
 mod ingest;
 mod read;
 mod rows;
