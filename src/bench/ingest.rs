@@ -113,6 +113,7 @@ async fn run_ours(db: &BenchDb, args: &IngestArgs) -> anyhow::Result<f64> {
         latencies.extend(joined??);
     }
     let secs = started.elapsed().as_secs_f64();
+    let batches = batch_stats(&client, &replica).await;
     replica.stop().await;
     latencies.sort_by(f64::total_cmp);
     let rate = latencies.len() as f64 / secs;
@@ -124,6 +125,11 @@ async fn run_ours(db: &BenchDb, args: &IngestArgs) -> anyhow::Result<f64> {
         percentile(&latencies, 99.0),
         latencies.last().copied().unwrap_or(f64::NAN),
     );
+    if let Some((batch, commit_ms)) = batches {
+        println!(
+            "  group commit: {batch:.1} events per transaction on average, {commit_ms:.2} ms per transaction"
+        );
+    }
     let mut conn = PgConnection::connect(&db.url).await?;
     let (revision, revisions, max_revision): (i64, i64, Option<i64>) = sqlx::query_as(
         "select (select revision from revision_counter), count(distinct revision), max(revision) from changes",
@@ -136,6 +142,27 @@ async fn run_ours(db: &BenchDb, args: &IngestArgs) -> anyhow::Result<f64> {
     );
     println!("  revisions 1..={revision}, gap-free and commit-ordered");
     Ok(rate)
+}
+
+/// Mean batch size and mean transaction time in ms, from the replica's own metrics.
+async fn batch_stats(client: &reqwest::Client, replica: &Replica) -> Option<(f64, f64)> {
+    let text = client
+        .get(format!("http://{}/metrics", replica.http))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    let batches = value("process_state_ingest_batch_size_count")?;
+    Some((
+        value("process_state_ingest_batch_size_sum")? / batches,
+        value("process_state_ingest_commit_seconds_sum")? * 1000.0 / batches,
+    ))
 }
 
 const NAIVE_SCHEMA: &str = "

@@ -97,7 +97,7 @@ pub struct Settings {
     /// Most events committed in one transaction [default: 256].
     #[arg(long, env = "PROCESS_STATE_BATCH_MAX")]
     pub batch_max: Option<usize>,
-    /// How long a batch waits for more events after the first, in ms [default: 0].
+    /// How long a batch waits for more events after the first, in ms [default: 1].
     #[arg(long, env = "PROCESS_STATE_BATCH_WAIT_MS")]
     pub batch_wait_ms: Option<u64>,
     /// Database connections in the pool [default: 16].
@@ -184,7 +184,7 @@ impl Settings {
             body_limit: Some(1024 * 1024),
             ingest_timeout_ms: Some(2500),
             batch_max: Some(256),
-            batch_wait_ms: Some(0),
+            batch_wait_ms: Some(1),
             db_max_connections: Some(16),
             health_interval_ms: Some(1000),
             watch_heartbeat_ms: Some(15_000),

@@ -29,7 +29,7 @@ impl Default for WriterConfig {
     fn default() -> Self {
         Self {
             max_batch: 256,
-            max_wait: Duration::ZERO,
+            max_wait: Duration::from_millis(1),
             queue: 4096,
         }
     }

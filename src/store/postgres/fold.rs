@@ -129,16 +129,13 @@ pub(super) fn first_occurrences(events: &[Event]) -> Vec<usize> {
         .collect()
 }
 
-/// Ids of the rows the batch's new events may touch: (processes, nodes, tasks, cc tasks).
+/// Ids of the rows the events at `indexes` may touch: (processes, nodes, tasks, cc tasks).
 pub(super) fn touched(
     events: &[Event],
-    new: &[bool],
+    indexes: &[usize],
 ) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
     let (mut p, mut n, mut t, mut c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (event, _) in events.iter().zip(new).filter(|(_, new)| **new) {
-        let Some(update) = &event.update else {
-            continue;
-        };
+    for update in indexes.iter().filter_map(|&i| events[i].update.as_ref()) {
         p.push(update.process_id().to_owned());
         match update {
             Update::Process(_) => {}
