@@ -122,7 +122,9 @@ impl App {
         let pool = store.pool().clone();
         let store: Arc<dyn Store> = Arc::new(store);
         let metrics = crate::metrics::Metrics::new();
-        let (ingest, writer) = Ingest::start(store.clone(), config.writer, metrics.clone());
+        let cache = crate::cache::ProcessCache::new(config.get_process_cache);
+        let (ingest, writer) =
+            Ingest::start(store.clone(), config.writer, metrics.clone(), cache.clone());
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let (readiness, health_task) = crate::health::start(
             store.clone(),
@@ -134,6 +136,7 @@ impl App {
             store.clone(),
             config.feed_capacity,
             config.feed_poll_interval,
+            cache.clone(),
             shutdown.clone(),
         );
         let watchers = Watchers::new(store.clone(), hub, config.watch, shutdown.clone());
@@ -249,7 +252,7 @@ impl App {
                         tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
                     ),
             )
-            .add_service(ProcessApi::new(store.clone(), watchers).into_service())
+            .add_service(ProcessApi::new(store.clone(), watchers, cache).into_service())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);

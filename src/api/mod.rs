@@ -9,6 +9,7 @@ pub mod watch;
 
 pub use error::{ApiError, ERROR_DOMAIN};
 
+use crate::cache::ProcessCache;
 use crate::domain::{ProcessStatus, TaskStatus, TaskType, WatchFilter};
 use crate::store::{PageRequest, ProcessFilter, Store, TaskFilter};
 use pb::process_service_server::{ProcessService, ProcessServiceServer};
@@ -33,14 +34,19 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 pub struct ProcessApi {
     store: Arc<dyn Store>,
     watchers: Watchers,
+    cache: ProcessCache,
 }
 
 /// A server stream of one of the Watch RPCs.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl ProcessApi {
-    pub fn new(store: Arc<dyn Store>, watchers: Watchers) -> Self {
-        Self { store, watchers }
+    pub fn new(store: Arc<dyn Store>, watchers: Watchers, cache: ProcessCache) -> Self {
+        Self {
+            store,
+            watchers,
+            cache,
+        }
     }
 
     /// The tonic service.
@@ -111,16 +117,30 @@ impl ProcessService for ProcessApi {
         &self,
         request: Request<GetProcessRequest>,
     ) -> Result<Response<GetProcessResponse>, Status> {
-        let process_id = request.into_inner().process_id;
+        let GetProcessRequest {
+            process_id,
+            min_revision,
+        } = request.into_inner();
         validate_id("process_id", &process_id)?;
+        if min_revision < 0 {
+            return Err(ApiError::invalid("min_revision", "must not be negative").into());
+        }
+        if let Some((process, revision)) = self.cache.get(&process_id, min_revision) {
+            return Ok(Response::new(GetProcessResponse {
+                process: Some(Arc::unwrap_or_clone(process)),
+                revision,
+            }));
+        }
         let (detail, revision) = self
             .store
             .get_process(&process_id)
             .await
             .map_err(ApiError::from)?;
         let detail = detail.ok_or(ApiError::ProcessNotFound(process_id))?;
+        let process = Arc::new(pb::Process::from(detail));
+        self.cache.insert(process.clone(), revision);
         Ok(Response::new(GetProcessResponse {
-            process: Some(detail.into()),
+            process: Some(Arc::unwrap_or_clone(process)),
             revision,
         }))
     }

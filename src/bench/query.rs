@@ -55,6 +55,7 @@ async fn run_in(db: &BenchDb, args: &QueryArgs) -> anyhow::Result<()> {
     let sample = ProcessServiceClient::new(channel.clone())
         .get_process(GetProcessRequest {
             process_id: ids[0].clone(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -226,6 +227,7 @@ async fn load(
                 let sent = Instant::now();
                 api.get_process(GetProcessRequest {
                     process_id: ids[i % ids.len()].clone(),
+                    ..Default::default()
                 })
                 .await?;
                 latencies.push(sent.elapsed().as_secs_f64() * 1000.0);

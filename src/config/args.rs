@@ -167,6 +167,9 @@ pub struct Settings {
     /// How often the TLS and token files are checked for changes, in ms [default: 5000].
     #[arg(long, env = "PROCESS_STATE_RELOAD_POLL_MS")]
     pub reload_poll_ms: Option<u64>,
+    /// Processes the GetProcess cache keeps; 0 turns it off [default: 10000].
+    #[arg(long, env = "PROCESS_STATE_GET_PROCESS_CACHE")]
+    pub get_process_cache: Option<usize>,
 }
 
 /// Settings whose values are never printed.
@@ -205,6 +208,7 @@ impl Settings {
             auth_open_health: Some(true),
             auth_open_reflection: Some(false),
             reload_poll_ms: Some(5000),
+            get_process_cache: Some(10_000),
         }
     }
 

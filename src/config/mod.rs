@@ -72,6 +72,8 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// How often the TLS and token files are checked for changes.
     pub reload_poll: Duration,
+    /// Processes the GetProcess cache holds; 0 turns it off.
+    pub get_process_cache: usize,
 }
 
 /// Where the TLS material lives; read at start and on every reload.
@@ -121,6 +123,7 @@ impl Config {
             http_tls: false,
             auth: None,
             reload_poll: Duration::from_secs(5),
+            get_process_cache: 10_000,
         }
     }
 }
@@ -159,6 +162,7 @@ impl std::fmt::Debug for Config {
             .field("http_tls", &self.http_tls)
             .field("auth", &self.auth)
             .field("reload_poll", &self.reload_poll)
+            .field("get_process_cache", &self.get_process_cache)
             .finish()
     }
 }
@@ -346,6 +350,7 @@ impl TryFrom<Settings> for Config {
             open_reflection: s.auth_open_reflection == Some(true),
         });
         config.reload_poll = ms(s.reload_poll_ms, "reload_poll_ms")?;
+        config.get_process_cache = required(s.get_process_cache, "get_process_cache")?;
         Ok(config)
     }
 }

@@ -5,6 +5,7 @@
 //! delivery. The queue is bounded: when it is full, `submit` waits, and the caller's deadline
 //! (the webhook's 3 s budget) turns that wait into a 503 and a redelivery, never a lost event.
 
+use crate::cache::ProcessCache;
 use crate::domain::Event;
 use crate::metrics::Metrics;
 use crate::store::{Outcome, Store, StoreError};
@@ -72,9 +73,15 @@ impl Ingest {
         store: Arc<dyn Store>,
         config: WriterConfig,
         metrics: Arc<Metrics>,
+        cache: ProcessCache,
     ) -> (Self, JoinHandle<()>) {
         let (queue, jobs) = mpsc::channel(config.queue.max(1));
-        let handle = tokio::spawn(run(store, jobs, config, metrics));
+        let writer = Writer {
+            store,
+            metrics,
+            cache,
+        };
+        let handle = tokio::spawn(writer.run(jobs, config));
         (Self { queue }, handle)
     }
 
@@ -89,72 +96,89 @@ impl Ingest {
     }
 }
 
-async fn run(
+struct Writer {
     store: Arc<dyn Store>,
-    mut queue: mpsc::Receiver<Job>,
-    config: WriterConfig,
     metrics: Arc<Metrics>,
-) {
-    let max_batch = config.max_batch.max(1);
-    let mut jobs = Vec::with_capacity(max_batch);
-    while queue.recv_many(&mut jobs, max_batch).await > 0 {
-        if !config.max_wait.is_zero() {
-            let deadline = tokio::time::Instant::now() + config.max_wait;
-            while jobs.len() < max_batch {
-                match tokio::time::timeout_at(deadline, queue.recv()).await {
-                    Ok(Some(job)) => jobs.push(job),
-                    _ => break,
-                }
-            }
-        }
-        let (events, replies): (Vec<Event>, Vec<_>) =
-            jobs.drain(..).map(|j| (j.event, j.reply)).unzip();
-        let span = info_span!("ingest_batch", size = events.len());
-        metrics.batch_size.observe(events.len() as f64);
-        let started = Instant::now();
-        commit(store.as_ref(), events, replies)
-            .instrument(span)
-            .await;
-        metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
-    }
+    /// Told of every committed change before the delivery is acknowledged.
+    cache: ProcessCache,
 }
 
-async fn commit(
-    store: &dyn Store,
-    events: Vec<Event>,
-    replies: Vec<oneshot::Sender<Result<Outcome, IngestError>>>,
-) {
-    let started = Instant::now();
-    match store.ingest(&events).await {
-        Ok(outcomes) => {
-            tracing::debug!(
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "batch committed"
-            );
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let _ = reply.send(Ok(outcome));
+impl Writer {
+    async fn run(self, mut queue: mpsc::Receiver<Job>, config: WriterConfig) {
+        let metrics = &self.metrics;
+        let max_batch = config.max_batch.max(1);
+        let mut jobs = Vec::with_capacity(max_batch);
+        while queue.recv_many(&mut jobs, max_batch).await > 0 {
+            if !config.max_wait.is_zero() {
+                let deadline = tokio::time::Instant::now() + config.max_wait;
+                while jobs.len() < max_batch {
+                    match tokio::time::timeout_at(deadline, queue.recv()).await {
+                        Ok(Some(job)) => jobs.push(job),
+                        _ => break,
+                    }
+                }
+            }
+            let (events, replies): (Vec<Event>, Vec<_>) =
+                jobs.drain(..).map(|j| (j.event, j.reply)).unzip();
+            let span = info_span!("ingest_batch", size = events.len());
+            metrics.batch_size.observe(events.len() as f64);
+            let started = Instant::now();
+            self.commit(events, replies).instrument(span).await;
+            metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Drops the cache entries of what `outcomes` changed.
+    fn forget(&self, events: &[Event], outcomes: &[Outcome]) {
+        for (event, outcome) in events.iter().zip(outcomes) {
+            if let (Outcome::Applied { revision }, Some(update)) = (outcome, &event.update) {
+                self.cache.committed([update.process_id()], *revision);
             }
         }
-        Err(err) if events.len() == 1 => {
-            warn!(event_id = %events[0].event_id, error = %err, "event not stored");
-            let _ = replies
-                .into_iter()
-                .next()
-                .map(|r| r.send(Err(classify(&err))));
-        }
-        Err(err) => {
-            warn!(error = %err, "batch failed; retrying its events one by one");
-            for (event, reply) in events.into_iter().zip(replies) {
-                let result = match store.ingest(std::slice::from_ref(&event)).await {
-                    Ok(mut outcomes) => outcomes.pop().ok_or(IngestError::Failed),
-                    Err(err) => {
-                        warn!(event_id = %event.event_id, error = %err, "event not stored");
-                        Err(classify(&err))
-                    }
-                };
-                let _ = reply.send(result);
+    }
+
+    async fn commit(
+        &self,
+        events: Vec<Event>,
+        replies: Vec<oneshot::Sender<Result<Outcome, IngestError>>>,
+    ) {
+        let store = self.store.as_ref();
+        let started = Instant::now();
+        match store.ingest(&events).await {
+            Ok(outcomes) => {
+                self.forget(&events, &outcomes);
+                tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "batch committed"
+                );
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(err) if events.len() == 1 => {
+                warn!(event_id = %events[0].event_id, error = %err, "event not stored");
+                let _ = replies
+                    .into_iter()
+                    .next()
+                    .map(|r| r.send(Err(classify(&err))));
+            }
+            Err(err) => {
+                warn!(error = %err, "batch failed; retrying its events one by one");
+                for (event, reply) in events.into_iter().zip(replies) {
+                    let result = match store.ingest(std::slice::from_ref(&event)).await {
+                        Ok(mut outcomes) => {
+                            self.forget(std::slice::from_ref(&event), &outcomes);
+                            outcomes.pop().ok_or(IngestError::Failed)
+                        }
+                        Err(err) => {
+                            warn!(event_id = %event.event_id, error = %err, "event not stored");
+                            Err(classify(&err))
+                        }
+                    };
+                    let _ = reply.send(result);
+                }
             }
         }
     }

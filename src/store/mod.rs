@@ -199,6 +199,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
     ) -> Result<ChangeLog, StoreError>;
 
+    /// The (revision, process id) of every change after `after`, and the revision they run
+    /// through: what a cache must forget, without the changes' rows.
+    async fn changed_processes(&self, after: i64) -> Result<(Vec<(i64, String)>, i64), StoreError>;
+
     /// Sends a consistent snapshot of the processes matching `filter` (with their children)
     /// to `out`: first its revision, then the processes in id order. Stops early, without
     /// error, when `out` is closed.

@@ -41,6 +41,7 @@ async fn get_process_errors_carry_details() {
     let status = api
         .get_process(GetProcessRequest {
             process_id: "123".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -56,6 +57,7 @@ async fn get_process_errors_carry_details() {
         let status = api
             .get_process(GetProcessRequest {
                 process_id: bad.into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -95,6 +97,7 @@ async fn get_process_returns_children_and_unknown_status_for_child_only_processe
     let response = api
         .get_process(GetProcessRequest {
             process_id: "900".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -119,6 +122,7 @@ async fn get_process_returns_children_and_unknown_status_for_child_only_processe
     let p = api
         .get_process(GetProcessRequest {
             process_id: "900".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

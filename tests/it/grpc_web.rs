@@ -71,6 +71,7 @@ async fn unary_and_server_streaming_calls_over_http1() {
         &url("GetProcess"),
         &GetProcessRequest {
             process_id: "7384728360900888108".into(),
+            ..Default::default()
         },
         None,
     )
@@ -129,6 +130,7 @@ async fn unary_and_server_streaming_calls_over_http1() {
         &url("GetProcess"),
         &GetProcessRequest {
             process_id: "1".into(),
+            ..Default::default()
         },
         None,
     )
@@ -191,6 +193,7 @@ async fn cors_is_granted_to_configured_origins_only() {
         &url,
         &GetProcessRequest {
             process_id: "7384728360900888108".into(),
+            ..Default::default()
         },
         Some(ALLOWED),
     )
@@ -207,6 +210,7 @@ async fn cors_is_granted_to_configured_origins_only() {
         &url,
         &GetProcessRequest {
             process_id: "7384728360900888108".into(),
+            ..Default::default()
         },
         Some("https://evil.example"),
     )

@@ -126,6 +126,7 @@ async fn whole_and_shuffled_chunked_events_are_stored_and_acked_once() {
     let p = api
         .get_process(GetProcessRequest {
             process_id: "7384728360900888108".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -134,6 +135,7 @@ async fn whole_and_shuffled_chunked_events_are_stored_and_acked_once() {
     let p = api
         .get_process(GetProcessRequest {
             process_id: "555".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

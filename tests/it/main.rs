@@ -7,6 +7,7 @@
 mod common;
 
 mod batching;
+mod cache;
 mod cli;
 mod grpc;
 mod grpc_web;

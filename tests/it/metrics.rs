@@ -51,11 +51,13 @@ async fn metrics_parse_and_move() {
     let mut api = app.api().await;
     api.get_process(GetProcessRequest {
         process_id: "7384728360900888108".into(),
+        ..Default::default()
     })
     .await
     .unwrap();
     api.get_process(GetProcessRequest {
         process_id: "1".into(),
+        ..Default::default()
     })
     .await
     .unwrap_err();

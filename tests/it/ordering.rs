@@ -38,6 +38,7 @@ async fn state(app: &TestApp, process_id: &str) -> pb::Process {
         .await
         .get_process(GetProcessRequest {
             process_id: process_id.into(),
+            ..Default::default()
         })
         .await;
     comparable(response.unwrap().into_inner().process.unwrap())

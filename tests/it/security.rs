@@ -96,6 +96,7 @@ async fn get(channel: Channel) -> Result<String, Status> {
     let response = ProcessServiceClient::new(channel)
         .get_process(GetProcessRequest {
             process_id: PROCESS_ID.into(),
+            ..Default::default()
         })
         .await?;
     Ok(response.into_inner().process.unwrap().process_id)
@@ -250,6 +251,7 @@ async fn call(channel: &Channel, token: Option<&str>) -> Result<String, Code> {
     let response = with_token(channel.clone(), token)
         .get_process(GetProcessRequest {
             process_id: PROCESS_ID.into(),
+            ..Default::default()
         })
         .await
         .map_err(|s| s.code())?;

@@ -205,6 +205,7 @@ async fn a_watcher_on_another_replica_sees_every_change_once_in_order() {
         let got = api_b
             .get_process(GetProcessRequest {
                 process_id: id.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()

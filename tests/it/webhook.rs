@@ -68,6 +68,7 @@ async fn official_vectors_give_the_expected_answers_and_state() {
         .await
         .get_process(GetProcessRequest {
             process_id: "7384728360900888108".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

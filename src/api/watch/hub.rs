@@ -6,6 +6,7 @@
 //! poll interval, never a change. The broadcast ring is bounded; a watcher that falls behind
 //! it is told (`Lagged`) and catches up from the log itself.
 
+use crate::cache::ProcessCache;
 use crate::domain::ChangeSet;
 use crate::store::{Doorbell, Store};
 use std::sync::Arc;
@@ -32,6 +33,7 @@ impl Hub {
         store: Arc<dyn Store>,
         capacity: usize,
         poll_interval: Duration,
+        cache: ProcessCache,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (sets, _) = broadcast::channel(capacity.max(1));
@@ -41,6 +43,7 @@ impl Hub {
             sets: sets.clone(),
             head: head.clone(),
             poll_interval,
+            cache,
         };
         let handle = tokio::spawn(feed.run(shutdown));
         (Self { sets, head }, handle)
@@ -62,6 +65,8 @@ struct Feed {
     sets: broadcast::Sender<Arc<ChangeSet>>,
     head: Arc<AtomicI64>,
     poll_interval: Duration,
+    /// Told of every change before watchers are (see `crate::cache`).
+    cache: ProcessCache,
 }
 
 impl Feed {
@@ -83,16 +88,26 @@ impl Feed {
         loop {
             if doorbell.is_none() {
                 match self.store.doorbell().await {
-                    Ok(d) => doorbell = Some(d),
+                    Ok(d) => {
+                        // Listening now: read what was committed before, then follow rings.
+                        doorbell = Some(d);
+                        self.cache.set_live(true);
+                        position = self.read_from(position).await;
+                        continue;
+                    }
                     Err(err) => debug!(error = %err, "change feed cannot LISTEN; polling"),
                 }
             }
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    self.cache.set_live(false);
+                    return;
+                }
                 _ = tokio::time::sleep(self.poll_interval) => {}
                 rung = ring(&mut doorbell) => if let Err(err) = rung {
                     warn!(error = %err, "change feed lost its LISTEN connection; reconnecting");
                     doorbell = None;
+                    self.cache.set_live(false);
                 }
             }
             position = self.read_from(position).await;
@@ -100,13 +115,19 @@ impl Feed {
     }
 
     /// Broadcasts everything committed after `position`; returns the new position. With no
-    /// watcher subscribed only the log's end is read: a stream that subscribes later reads
-    /// the log from its own position anyway, so skipping the rows loses nothing.
+    /// watcher subscribed only the changed process ids are read (for the cache): a stream that
+    /// subscribes later reads the log from its own position anyway, so skipping the rows loses
+    /// nothing.
     async fn read_from(&self, mut position: i64) -> i64 {
         if self.sets.receiver_count() == 0 {
-            if let Ok(bounds) = self.store.log_bounds().await {
-                position = position.max(bounds.current);
-                self.head.store(position, Ordering::Release);
+            match self.store.changed_processes(position).await {
+                Ok((changed, through)) => {
+                    let changed = changed.iter().map(|(r, id)| (*r, id.as_str()));
+                    self.cache.advanced(changed, through);
+                    position = position.max(through);
+                    self.head.store(position, Ordering::Release);
+                }
+                Err(err) => warn!(error = %err, "change feed cannot read the log"),
             }
             return position;
         }
@@ -116,10 +137,14 @@ impl Feed {
                     let cut_by_limit = log.sets.len() >= READ_LIMIT as usize;
                     for set in log.sets {
                         position = set.revision;
+                        // The cache first: a watcher told of a change must read it.
+                        self.cache
+                            .advanced([(set.revision, set.process_id.as_str())], position);
                         // No receivers is fine: nobody is watching.
                         let _ = self.sets.send(Arc::new(set));
                     }
                     position = position.max(log.through);
+                    self.cache.advanced([], position);
                     self.head.store(position, Ordering::Release);
                     if !cut_by_limit {
                         return position;

@@ -42,6 +42,26 @@ type ChangeRow = (
     i64,
 );
 
+pub(super) async fn changed_processes(
+    pool: &PgPool,
+    after: i64,
+) -> Result<(Vec<(i64, String)>, i64), StoreError> {
+    let rows: Vec<(i64, Option<i64>, Option<String>)> = sqlx::query_as(
+        "select c.revision, ch.revision, ch.process_id
+         from revision_counter c
+         left join changes ch on ch.revision > $1 and ch.revision <= c.revision",
+    )
+    .bind(after)
+    .fetch_all(pool)
+    .await?;
+    let through = rows.first().map_or(after, |r| r.0);
+    let changed = rows
+        .into_iter()
+        .filter_map(|(_, revision, id)| Some((revision?, id?)))
+        .collect();
+    Ok((changed, through))
+}
+
 pub(super) async fn changes_after(
     pool: &PgPool,
     after: i64,

@@ -107,6 +107,10 @@ impl Store for PgStore {
         changes::changes_after(&self.pool, after, process_id, limit).await
     }
 
+    async fn changed_processes(&self, after: i64) -> Result<(Vec<(i64, String)>, i64), StoreError> {
+        changes::changed_processes(&self.pool, after).await
+    }
+
     async fn snapshot(
         &self,
         filter: &ProcessFilter,
