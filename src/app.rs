@@ -139,7 +139,13 @@ impl App {
             cache.clone(),
             shutdown.clone(),
         );
-        let watchers = Watchers::new(store.clone(), hub, config.watch, shutdown.clone());
+        let watchers = Watchers::new(
+            store.clone(),
+            hub,
+            cache.clone(),
+            config.watch,
+            shutdown.clone(),
+        );
         let pruner = tokio::spawn(prune(
             store.clone(),
             config.retention,

@@ -13,6 +13,7 @@ pub use hub::Hub;
 
 use super::error::{ApiError, ERROR_DOMAIN};
 use super::pb::{self, watch_event::Kind};
+use crate::cache::ProcessCache;
 use crate::domain::{ChangeSet, WatchFilter};
 use crate::store::{LogBounds, ProcessFilter, SnapshotItem, Store};
 use futures_core::Stream;
@@ -72,6 +73,8 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>>
 pub struct Watchers {
     store: Arc<dyn Store>,
     hub: Hub,
+    /// Single-process snapshots come from the GetProcess cache when it has them.
+    cache: ProcessCache,
     config: WatchConfig,
     open: Arc<AtomicUsize>,
     positions: Positions,
@@ -83,12 +86,14 @@ impl Watchers {
     pub fn new(
         store: Arc<dyn Store>,
         hub: Hub,
+        cache: ProcessCache,
         config: WatchConfig,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             store,
             hub,
+            cache,
             config,
             open: Arc::default(),
             positions: Positions::default(),
@@ -129,21 +134,27 @@ impl Watchers {
                     details,
                 )
             })?;
+        // Only a resume needs the log's bounds; a snapshot start reads none of them.
+        let Some(start) = request.start_revision else {
+            let bounds = LogBounds {
+                pruned_through: 0,
+                current: 0,
+            };
+            return Ok(Box::pin(stream(self.clone(), request, bounds, slot)));
+        };
         let bounds = self.store.log_bounds().await.map_err(ApiError::from)?;
-        if let Some(start) = request.start_revision {
-            if start < 0 {
-                return Err(ApiError::invalid("start_revision", "must not be negative").into());
-            }
-            if start > bounds.current {
-                let msg = format!(
-                    "is in the future: the latest revision is {}",
-                    bounds.current
-                );
-                return Err(ApiError::invalid("start_revision", msg).into());
-            }
-            if start < bounds.pruned_through && request.fail_if_compacted {
-                return Err(compacted(start, bounds.pruned_through));
-            }
+        if start < 0 {
+            return Err(ApiError::invalid("start_revision", "must not be negative").into());
+        }
+        if start > bounds.current {
+            let msg = format!(
+                "is in the future: the latest revision is {}",
+                bounds.current
+            );
+            return Err(ApiError::invalid("start_revision", msg).into());
+        }
+        if start < bounds.pruned_through && request.fail_if_compacted {
+            return Err(compacted(start, bounds.pruned_through));
         }
         Ok(Box::pin(stream(self.clone(), request, bounds, slot)))
     }
@@ -248,6 +259,12 @@ fn stream(
                     let reset = pb::Reset { oldest_revision: bounds.pruned_through };
                     yield message(bounds.pruned_through, Kind::Reset(reset));
                 }
+                let cached = filter.process_id.as_deref().and_then(|id| w.cache.get(id, 0));
+                if let Some((process, revision)) = cached {
+                    yield message(revision, Kind::Snapshot(Arc::unwrap_or_clone(process)));
+                    yield message(revision, Kind::SnapshotEnd(pb::SnapshotEnd { process_count: 1 }));
+                    revision
+                } else {
                 let (reader, mut items) = start_snapshot(&w, &filter);
                 let Some(SnapshotItem::Revision(revision)) = items.recv().await else {
                     reader.await.map_err(|e| Status::internal(e.to_string()))??;
@@ -265,6 +282,7 @@ fn stream(
                 reader.await.map_err(|e| Status::internal(e.to_string()))??;
                 yield message(revision, Kind::SnapshotEnd(pb::SnapshotEnd { process_count: count }));
                 revision
+                }
             }
         };
 
@@ -354,7 +372,7 @@ fn start_snapshot(
     tokio::sync::mpsc::Receiver<SnapshotItem>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let store = w.store.clone();
+    let (store, cache) = (w.store.clone(), w.cache.clone());
     let filter = filter.clone();
     let (snapshots, deadline) = (w.snapshots.clone(), w.config.snapshot_deadline);
     let reader = tokio::spawn(async move {
@@ -381,6 +399,7 @@ fn start_snapshot(
         if tx.send(SnapshotItem::Revision(revision)).await.is_ok()
             && let Some(detail) = detail
         {
+            cache.insert(Arc::new(pb::Process::from(detail.clone())), revision);
             let _ = tx.send(SnapshotItem::Process(Box::new(detail))).await;
         }
         Ok(())
