@@ -11,6 +11,8 @@
 //! would only be seen at the next poll) the cache is off and every call reads the database.
 
 use crate::api::pb;
+use crate::domain::ProcessDetail;
+use crate::store::StoreError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -36,7 +38,12 @@ struct Inner {
 pub struct ProcessCache {
     inner: Arc<Mutex<Inner>>,
     capacity: usize,
+    /// Misses of the same process wait for one database read instead of each making one
+    /// (10,000 watchers opening at once must not take the pool): striped by process id.
+    fills: Arc<[tokio::sync::Mutex<()>; FILL_STRIPES]>,
 }
+
+const FILL_STRIPES: usize = 64;
 
 impl ProcessCache {
     pub fn new(capacity: usize) -> Self {
@@ -47,7 +54,40 @@ impl ProcessCache {
                 live: false,
             })),
             capacity,
+            fills: Arc::new(std::array::from_fn(|_| tokio::sync::Mutex::new(()))),
         }
+    }
+
+    /// The process as of the returned revision: from the cache, or read with `read` (one
+    /// read per process at a time) and kept. `None` when the process is unknown.
+    pub async fn get_or_read<F>(
+        &self,
+        process_id: &str,
+        min_revision: i64,
+        read: F,
+    ) -> Result<(Option<Arc<pb::Process>>, i64), StoreError>
+    where
+        F: Future<Output = Result<(Option<ProcessDetail>, i64), StoreError>>,
+    {
+        if let Some((process, revision)) = self.get(process_id, min_revision) {
+            return Ok((Some(process), revision));
+        }
+        let stripe = {
+            use std::hash::{BuildHasher, RandomState};
+            static STATE: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+            let hash = STATE.get_or_init(RandomState::new).hash_one(process_id);
+            &self.fills[hash as usize % FILL_STRIPES]
+        };
+        let _filling = stripe.lock().await;
+        if let Some((process, revision)) = self.get(process_id, min_revision) {
+            return Ok((Some(process), revision));
+        }
+        let (detail, revision) = read.await?;
+        let process = detail.map(|d| Arc::new(pb::Process::from(d)));
+        if let Some(process) = &process {
+            self.insert(process.clone(), revision);
+        }
+        Ok((process, revision))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

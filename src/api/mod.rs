@@ -125,20 +125,16 @@ impl ProcessService for ProcessApi {
         if min_revision < 0 {
             return Err(ApiError::invalid("min_revision", "must not be negative").into());
         }
-        if let Some((process, revision)) = self.cache.get(&process_id, min_revision) {
-            return Ok(Response::new(GetProcessResponse {
-                process: Some(Arc::unwrap_or_clone(process)),
-                revision,
-            }));
-        }
-        let (detail, revision) = self
-            .store
-            .get_process(&process_id)
+        let (process, revision) = self
+            .cache
+            .get_or_read(
+                &process_id,
+                min_revision,
+                self.store.get_process(&process_id),
+            )
             .await
             .map_err(ApiError::from)?;
-        let detail = detail.ok_or(ApiError::ProcessNotFound(process_id))?;
-        let process = Arc::new(pb::Process::from(detail));
-        self.cache.insert(process.clone(), revision);
+        let process = process.ok_or(ApiError::ProcessNotFound(process_id))?;
         Ok(Response::new(GetProcessResponse {
             process: Some(Arc::unwrap_or_clone(process)),
             revision,

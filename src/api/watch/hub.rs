@@ -37,7 +37,8 @@ impl Hub {
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (sets, _) = broadcast::channel(capacity.max(1));
-        let head = Arc::new(AtomicI64::new(0));
+        // Unknown until the feed has read the log's end: streams must catch up themselves.
+        let head = Arc::new(AtomicI64::new(i64::MAX));
         let feed = Feed {
             store,
             sets: sets.clone(),
@@ -49,7 +50,7 @@ impl Hub {
         (Self { sets, head }, handle)
     }
 
-    /// The last revision this replica's feed has read through.
+    /// The last revision this replica's feed has read through (`i64::MAX` before it knows).
     pub fn head(&self) -> i64 {
         self.head.load(Ordering::Acquire)
     }
@@ -74,7 +75,10 @@ impl Feed {
         // Start at the current end of the log: watchers read older changes themselves.
         let mut position = loop {
             match self.store.log_bounds().await {
-                Ok(bounds) => break bounds.current,
+                Ok(bounds) => {
+                    self.head.store(bounds.current, Ordering::Release);
+                    break bounds.current;
+                }
                 Err(err) => {
                     warn!(error = %err, "change feed cannot read the log; retrying");
                     tokio::select! {
@@ -124,12 +128,19 @@ impl Feed {
                 Ok((changed, through)) => {
                     let changed = changed.iter().map(|(r, id)| (*r, id.as_str()));
                     self.cache.advanced(changed, through);
-                    position = position.max(through);
-                    self.head.store(position, Ordering::Release);
+                    // Head first, then look again: a stream that subscribed before this
+                    // second look gets the sets broadcast below; one that subscribes after
+                    // it reads the new head and catches up from the log itself.
+                    self.head.store(position.max(through), Ordering::Release);
+                    if self.sets.receiver_count() == 0 {
+                        return position.max(through);
+                    }
                 }
-                Err(err) => warn!(error = %err, "change feed cannot read the log"),
+                Err(err) => {
+                    warn!(error = %err, "change feed cannot read the log");
+                    return position;
+                }
             }
-            return position;
         }
         loop {
             match self.store.changes_after(position, None, READ_LIMIT).await {
@@ -140,6 +151,9 @@ impl Feed {
                         // The cache first: a watcher told of a change must read it.
                         self.cache
                             .advanced([(set.revision, set.process_id.as_str())], position);
+                        // The head before the send: a stream that subscribed and then read
+                        // head H receives every set after H (see `watch::stream`).
+                        self.head.store(position, Ordering::Release);
                         // No receivers is fine: nobody is watching.
                         let _ = self.sets.send(Arc::new(set));
                     }

@@ -113,6 +113,9 @@ impl Watchers {
     /// (0 when every stream is current; streams still sending a snapshot are not counted).
     pub fn max_lag(&self) -> i64 {
         let head = self.hub.head();
+        if head == i64::MAX {
+            return 0;
+        }
         let positions = self.positions.0.lock().expect("positions lock");
         positions
             .values()
@@ -259,10 +262,14 @@ fn stream(
                     let reset = pb::Reset { oldest_revision: bounds.pruned_through };
                     yield message(bounds.pruned_through, Kind::Reset(reset));
                 }
-                let cached = filter.process_id.as_deref().and_then(|id| w.cache.get(id, 0));
-                if let Some((process, revision)) = cached {
-                    yield message(revision, Kind::Snapshot(Arc::unwrap_or_clone(process)));
-                    yield message(revision, Kind::SnapshotEnd(pb::SnapshotEnd { process_count: 1 }));
+                if let Some(id) = filter.process_id.as_deref() {
+                    let read = w.store.get_process(id);
+                    let (process, revision) = w.cache.get_or_read(id, 0, read).await.map_err(store_status)?;
+                    let count = i64::from(process.is_some());
+                    if let Some(process) = process {
+                        yield message(revision, Kind::Snapshot(Arc::unwrap_or_clone(process)));
+                    }
+                    yield message(revision, Kind::SnapshotEnd(pb::SnapshotEnd { process_count: count }));
                     revision
                 } else {
                 let (reader, mut items) = start_snapshot(&w, &filter);
@@ -287,7 +294,9 @@ fn stream(
         };
 
         let mut live = w.hub.subscribe();
-        let mut catching_up = true;
+        // Subscribed first, then the feed's head read: every change after the head comes
+        // through the subscription, so a stream already there needs no read of the log.
+        let mut catching_up = position < w.hub.head();
         let mut last_sent = Instant::now();
         loop {
             slot.at(position);
@@ -361,8 +370,8 @@ impl From<SnapshotError> for Status {
     }
 }
 
-/// Starts reading the snapshot for `filter` in a task of its own: first its revision, then
-/// the processes in id order, through a small bounded channel, so a large collection is read
+/// Starts reading the collection snapshot for `filter` in a task of its own: first its
+/// revision, then the processes in id order, through a small bounded channel, so a large collection is read
 /// page by page as the client receives it. The task's result says whether it was complete.
 fn start_snapshot(
     w: &Watchers,
@@ -372,37 +381,24 @@ fn start_snapshot(
     tokio::sync::mpsc::Receiver<SnapshotItem>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let (store, cache) = (w.store.clone(), w.cache.clone());
+    let store = w.store.clone();
     let filter = filter.clone();
     let (snapshots, deadline) = (w.snapshots.clone(), w.config.snapshot_deadline);
     let reader = tokio::spawn(async move {
-        let Some(process_id) = &filter.process_id else {
-            let process_filter = ProcessFilter {
-                statuses: filter.statuses.clone(),
-                biz_type: filter.biz_type.clone(),
-                flow_definition_id: filter.flow_definition_id.clone(),
-                changed_since: None,
-            };
-            let _permit = snapshots
-                .acquire_owned()
-                .await
-                .map_err(|_| SnapshotError::Deadline)?;
-            return tokio::time::timeout(deadline, store.snapshot(&process_filter, tx))
-                .await
-                .map_err(|_| SnapshotError::Deadline)?
-                .map_err(SnapshotError::Store);
+        let process_filter = ProcessFilter {
+            statuses: filter.statuses.clone(),
+            biz_type: filter.biz_type.clone(),
+            flow_definition_id: filter.flow_definition_id.clone(),
+            changed_since: None,
         };
-        let (detail, revision) = store
-            .get_process(process_id)
+        let _permit = snapshots
+            .acquire_owned()
             .await
-            .map_err(SnapshotError::Store)?;
-        if tx.send(SnapshotItem::Revision(revision)).await.is_ok()
-            && let Some(detail) = detail
-        {
-            cache.insert(Arc::new(pb::Process::from(detail.clone())), revision);
-            let _ = tx.send(SnapshotItem::Process(Box::new(detail))).await;
-        }
-        Ok(())
+            .map_err(|_| SnapshotError::Deadline)?;
+        tokio::time::timeout(deadline, store.snapshot(&process_filter, tx))
+            .await
+            .map_err(|_| SnapshotError::Deadline)?
+            .map_err(SnapshotError::Store)
     });
     (reader, rx)
 }
