@@ -3,7 +3,7 @@
 
 use super::NOTIFY_CHANNEL;
 use super::read::detail_select;
-use super::rows::{CcRow, NodeRow, ProcessRow, TaskRow, decode, decode_detail};
+use super::rows::{CcState, NodeState, ProcessState, TaskState, decode, decode_detail};
 use crate::domain::{ChangeSet, ProcessStatus};
 use crate::store::{
     ChangeLog, Doorbell, LogBounds, ProcessFilter, Retention, SnapshotItem, StoreError,
@@ -141,10 +141,10 @@ pub(super) async fn changes_after(
         set.biz_type = set.biz_type.take().or(biz);
         set.flow_definition_id = set.flow_definition_id.take().or(flow);
         match entity.as_str() {
-            "process" => set.process = Some(decode::<ProcessRow>(state)?.into()),
-            "node" => set.node = Some(decode::<NodeRow>(state)?.into()),
-            "task" => set.task = Some(decode::<TaskRow>(state)?.into()),
-            "cc_task" => set.cc_task = Some(decode::<CcRow>(state)?.into()),
+            "process" => set.process = Some(decode::<ProcessState>(state)?.into()),
+            "node" => set.node = Some(decode::<NodeState>(state)?.into()),
+            "task" => set.task = Some(decode::<TaskState>(state)?.into()),
+            "cc_task" => set.cc_task = Some(decode::<CcState>(state)?.into()),
             other => {
                 return Err(StoreError::Decode(format!(
                     "unknown change entity {other:?}"

@@ -8,79 +8,12 @@
 //! overwrites the fields it carries and keeps the others; a child event for an unknown process
 //! creates the process with unknown status (invariant 4), logged under the child's revision.
 
+use super::rows::{CcState, NodeState, ProcessState, TaskState};
 use crate::domain::{CcUpdate, Event, NodeUpdate, ProcessUpdate, TaskUpdate, Update};
 use crate::store::Outcome;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-
-/// A `processes` row; serialized, it is what `to_jsonb(row)` gives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct ProcessState {
-    pub process_id: String,
-    pub status: Option<i32>,
-    pub biz_type: Option<String>,
-    pub flow_definition_id: Option<String>,
-    pub properties: Option<i32>,
-    pub tenant_key: Option<String>,
-    pub app_id: Option<String>,
-    pub event_time: Option<i64>,
-    pub event_id: Option<String>,
-    pub change_time: DateTime<Utc>,
-    pub revision: i64,
-}
-
-/// A `nodes` row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct NodeState {
-    pub process_node_id: String,
-    pub process_id: String,
-    pub node_definition_id: Option<String>,
-    pub flow_definition_id: Option<String>,
-    pub node_type: Option<i32>,
-    pub node_status: Option<i32>,
-    pub biz_type: Option<String>,
-    pub tenant_key: Option<String>,
-    pub app_id: Option<String>,
-    pub event_time: i64,
-    pub event_id: String,
-    pub change_time: DateTime<Utc>,
-    pub revision: i64,
-}
-
-/// A `tasks` row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct TaskState {
-    pub approver_id: String,
-    pub process_id: String,
-    pub task_type: Option<i32>,
-    pub status: Option<i32>,
-    pub biz_type: Option<String>,
-    pub flow_definition_id: Option<String>,
-    pub node_definition_id: Option<String>,
-    pub process_node_id: Option<String>,
-    pub tenant_key: Option<String>,
-    pub app_id: Option<String>,
-    pub event_time: i64,
-    pub event_id: String,
-    pub change_time: DateTime<Utc>,
-    pub revision: i64,
-}
-
-/// A `cc_tasks` row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(super) struct CcState {
-    pub approver_id: String,
-    pub process_id: String,
-    pub status: Option<i32>,
-    pub biz_type: Option<String>,
-    pub tenant_key: Option<String>,
-    pub app_id: Option<String>,
-    pub event_time: i64,
-    pub event_id: String,
-    pub change_time: DateTime<Utc>,
-    pub revision: i64,
-}
 
 /// The current rows of every entity a batch touches (absent = not stored yet).
 #[derive(Debug, Default)]

@@ -5,7 +5,8 @@
 //! travels as one parameter (`unnest`).
 
 use super::NOTIFY_CHANNEL;
-use super::fold::{self, CcState, ChangeRow, Current, NodeState, Plan, ProcessState, TaskState};
+use super::fold::{self, ChangeRow, Current, Plan};
+use super::rows::{CcState, NodeState, ProcessState, TaskState};
 use crate::domain::Event;
 use crate::store::Outcome;
 use chrono::{DateTime, Utc};

@@ -2,7 +2,7 @@
 //! the rows it returns agree, with no explicit transaction. Rows come back as `jsonb` and are
 //! decoded by `rows`, the same path the change log uses.
 
-use super::rows::{ProcessRow, TaskRow, decode, decode_detail};
+use super::rows::{ProcessState, TaskState, decode, decode_detail};
 use crate::domain::{Process, ProcessDetail, Task};
 use crate::store::{Page, PageRequest, ProcessFilter, StoreError, TaskFilter};
 use serde_json::Value;
@@ -59,7 +59,7 @@ pub(super) async fn list_processes(
     if let Some(since) = f.changed_since {
         q.push(" and change_time >= ").push_bind(since);
     }
-    finish_page::<ProcessRow, Process>(pool, q, "process_id", page.limit).await
+    finish_page::<ProcessState, Process>(pool, q, "process_id", page.limit).await
 }
 
 pub(super) async fn list_tasks(
@@ -86,7 +86,7 @@ pub(super) async fn list_tasks(
     if let Some(since) = f.changed_since {
         q.push(" and change_time >= ").push_bind(since);
     }
-    finish_page::<TaskRow, Task>(pool, q, "approver_id", page.limit).await
+    finish_page::<TaskState, Task>(pool, q, "approver_id", page.limit).await
 }
 
 fn push_eq(q: &mut QueryBuilder<'_, Postgres>, column: &'static str, value: &Option<String>) {

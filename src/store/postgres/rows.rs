@@ -1,5 +1,5 @@
-//! Stored rows as JSON (`to_jsonb(row)`) and their conversion to domain types. Reads and the
-//! change log's `state` column share this one decoding path.
+//! Stored rows as JSON (`to_jsonb(row)`) and their conversion to domain types. Reads, the
+//! change log's `state` column and the ingest fold (which also writes them) share these types.
 
 use crate::domain::{
     CcStatus, CcTask, Node, NodeStatus, NodeType, Process, ProcessDetail, ProcessProperties,
@@ -7,7 +7,7 @@ use crate::domain::{
 };
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// Decodes a JSON row (or an array of them) into its row type.
 pub(super) fn decode<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, StoreError> {
@@ -22,38 +22,92 @@ pub(super) fn decode_detail(
     cc_tasks: serde_json::Value,
 ) -> Result<ProcessDetail, StoreError> {
     Ok(ProcessDetail {
-        process: decode::<ProcessRow>(process)?.into(),
-        nodes: decode::<Vec<NodeRow>>(nodes)?
+        process: decode::<ProcessState>(process)?.into(),
+        nodes: decode::<Vec<NodeState>>(nodes)?
             .into_iter()
             .map(Node::from)
             .collect(),
-        tasks: decode::<Vec<TaskRow>>(tasks)?
+        tasks: decode::<Vec<TaskState>>(tasks)?
             .into_iter()
             .map(Task::from)
             .collect(),
-        cc_tasks: decode::<Vec<CcRow>>(cc_tasks)?
+        cc_tasks: decode::<Vec<CcState>>(cc_tasks)?
             .into_iter()
             .map(CcTask::from)
             .collect(),
     })
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct ProcessRow {
-    process_id: String,
-    status: Option<i32>,
-    biz_type: Option<String>,
-    flow_definition_id: Option<String>,
-    properties: Option<i32>,
-    tenant_key: Option<String>,
-    app_id: Option<String>,
-    event_time: Option<i64>,
-    change_time: DateTime<Utc>,
-    revision: i64,
+/// A `processes` row; serialized, it is what `to_jsonb(row)` gives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct ProcessState {
+    pub process_id: String,
+    pub status: Option<i32>,
+    pub biz_type: Option<String>,
+    pub flow_definition_id: Option<String>,
+    pub properties: Option<i32>,
+    pub tenant_key: Option<String>,
+    pub app_id: Option<String>,
+    pub event_time: Option<i64>,
+    pub event_id: Option<String>,
+    pub change_time: DateTime<Utc>,
+    pub revision: i64,
 }
 
-impl From<ProcessRow> for Process {
-    fn from(r: ProcessRow) -> Self {
+/// A `nodes` row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct NodeState {
+    pub process_node_id: String,
+    pub process_id: String,
+    pub node_definition_id: Option<String>,
+    pub flow_definition_id: Option<String>,
+    pub node_type: Option<i32>,
+    pub node_status: Option<i32>,
+    pub biz_type: Option<String>,
+    pub tenant_key: Option<String>,
+    pub app_id: Option<String>,
+    pub event_time: i64,
+    pub event_id: String,
+    pub change_time: DateTime<Utc>,
+    pub revision: i64,
+}
+
+/// A `tasks` row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct TaskState {
+    pub approver_id: String,
+    pub process_id: String,
+    pub task_type: Option<i32>,
+    pub status: Option<i32>,
+    pub biz_type: Option<String>,
+    pub flow_definition_id: Option<String>,
+    pub node_definition_id: Option<String>,
+    pub process_node_id: Option<String>,
+    pub tenant_key: Option<String>,
+    pub app_id: Option<String>,
+    pub event_time: i64,
+    pub event_id: String,
+    pub change_time: DateTime<Utc>,
+    pub revision: i64,
+}
+
+/// A `cc_tasks` row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct CcState {
+    pub approver_id: String,
+    pub process_id: String,
+    pub status: Option<i32>,
+    pub biz_type: Option<String>,
+    pub tenant_key: Option<String>,
+    pub app_id: Option<String>,
+    pub event_time: i64,
+    pub event_id: String,
+    pub change_time: DateTime<Utc>,
+    pub revision: i64,
+}
+
+impl From<ProcessState> for Process {
+    fn from(r: ProcessState) -> Self {
         Process {
             process_id: r.process_id,
             status: r.status.map(ProcessStatus),
@@ -71,24 +125,8 @@ impl From<ProcessRow> for Process {
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct NodeRow {
-    process_node_id: String,
-    process_id: String,
-    node_definition_id: Option<String>,
-    flow_definition_id: Option<String>,
-    node_type: Option<i32>,
-    node_status: Option<i32>,
-    biz_type: Option<String>,
-    tenant_key: Option<String>,
-    app_id: Option<String>,
-    event_time: i64,
-    change_time: DateTime<Utc>,
-    revision: i64,
-}
-
-impl From<NodeRow> for Node {
-    fn from(r: NodeRow) -> Self {
+impl From<NodeState> for Node {
+    fn from(r: NodeState) -> Self {
         Node {
             process_node_id: r.process_node_id,
             process_id: r.process_id,
@@ -108,25 +146,8 @@ impl From<NodeRow> for Node {
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct TaskRow {
-    approver_id: String,
-    process_id: String,
-    task_type: Option<i32>,
-    status: Option<i32>,
-    biz_type: Option<String>,
-    flow_definition_id: Option<String>,
-    node_definition_id: Option<String>,
-    process_node_id: Option<String>,
-    tenant_key: Option<String>,
-    app_id: Option<String>,
-    event_time: i64,
-    change_time: DateTime<Utc>,
-    revision: i64,
-}
-
-impl From<TaskRow> for Task {
-    fn from(r: TaskRow) -> Self {
+impl From<TaskState> for Task {
+    fn from(r: TaskState) -> Self {
         Task {
             approver_id: r.approver_id,
             process_id: r.process_id,
@@ -147,21 +168,8 @@ impl From<TaskRow> for Task {
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct CcRow {
-    approver_id: String,
-    process_id: String,
-    status: Option<i32>,
-    biz_type: Option<String>,
-    tenant_key: Option<String>,
-    app_id: Option<String>,
-    event_time: i64,
-    change_time: DateTime<Utc>,
-    revision: i64,
-}
-
-impl From<CcRow> for CcTask {
-    fn from(r: CcRow) -> Self {
+impl From<CcState> for CcTask {
+    fn from(r: CcState) -> Self {
         CcTask {
             approver_id: r.approver_id,
             process_id: r.process_id,
