@@ -38,7 +38,8 @@ pub enum AppError {
 /// ALPN for both listeners: HTTP/2 for gRPC, HTTP/1.1 for gRPC-web, the webhook and probes.
 const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
-/// Loads the TLS material and the token file the configuration names, as serving would.
+/// Loads the TLS material and the token file the configuration names, as serving would
+/// (`config check` calls it to validate them).
 pub fn load_files(config: &Config) -> Result<Reloadable, AppError> {
     let tls = config
         .tls
@@ -53,11 +54,6 @@ pub fn load_files(config: &Config) -> Result<Reloadable, AppError> {
         .transpose()
         .map_err(|e| AppError::Files(format!("auth_tokens_file: {e}")))?;
     Ok(Reloadable { tls, tokens })
-}
-
-/// `config check`'s file checks: the TLS material and the token file load.
-pub fn check_files(config: &Config) -> Result<(), AppError> {
-    load_files(config).map(|_| ())
 }
 
 /// A built service: connected, migrated and bound, not yet serving.

@@ -96,7 +96,7 @@ impl ProcessCache {
 
     /// The cached process and the revision the answer reflects, if the cache holds it and
     /// is at least at `min_revision`.
-    pub fn get(&self, process_id: &str, min_revision: i64) -> Option<(Arc<pb::Process>, i64)> {
+    fn get(&self, process_id: &str, min_revision: i64) -> Option<(Arc<pb::Process>, i64)> {
         let inner = self.lock();
         if !inner.live || inner.valid_through < min_revision {
             return None;
@@ -110,7 +110,7 @@ impl ProcessCache {
     }
 
     /// Keeps a process read from the database in a snapshot at revision `as_of`.
-    pub fn insert(&self, process: Arc<pb::Process>, as_of: i64) {
+    fn insert(&self, process: Arc<pb::Process>, as_of: i64) {
         if self.capacity == 0 {
             return;
         }

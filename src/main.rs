@@ -43,7 +43,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Config(ConfigCommand::Check(args)) => {
             let (config, effective) = Config::load(*args)?;
-            process_state::app::check_files(&config)?;
+            process_state::app::load_files(&config)?;
             print!("{}", effective.to_masked_toml());
         }
         Command::Simulate(args) => process_state::simulate::run(args).await?,

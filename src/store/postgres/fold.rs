@@ -84,6 +84,17 @@ pub(super) fn touched(
     (p, n, t, c)
 }
 
+/// The event's value of a field when it carries one, else the stored one.
+fn pick(new: &Option<String>, old: Option<&String>) -> Option<String> {
+    new.clone().or_else(|| old.cloned())
+}
+
+/// The plan's and the batch's rows of one table.
+type RowMaps<T> = for<'a> fn(
+    &'a mut Plan,
+    &'a mut Current,
+) -> (&'a mut HashMap<String, T>, &'a mut HashMap<String, T>);
+
 /// Whether an event with this key is newer than the row's `(event_time, event_id)`.
 fn newer(row: (i64, &str), event: &Event) -> bool {
     row < (event.create_time, event.event_id.as_str())
@@ -166,19 +177,17 @@ impl Folder<'_> {
             return false;
         }
         let previous_status = old.and_then(|o| o.status);
-        let keep = |new: Option<i32>, old: Option<i32>| new.or(old);
-        let keep_s = |new: &Option<String>, old: Option<&String>| new.clone().or(old.cloned());
         let row = ProcessState {
             process_id: u.process_id.clone(),
-            status: keep(u.status.map(|s| s.0), previous_status),
-            biz_type: keep_s(&u.biz_type, old.and_then(|o| o.biz_type.as_ref())),
-            flow_definition_id: keep_s(
+            status: u.status.map(|s| s.0).or(previous_status),
+            biz_type: pick(&u.biz_type, old.and_then(|o| o.biz_type.as_ref())),
+            flow_definition_id: pick(
                 &u.flow_definition_id,
                 old.and_then(|o| o.flow_definition_id.as_ref()),
             ),
-            properties: keep(u.properties.map(|p| p.0), old.and_then(|o| o.properties)),
-            tenant_key: keep_s(&event.tenant_key, old.and_then(|o| o.tenant_key.as_ref())),
-            app_id: keep_s(&event.app_id, old.and_then(|o| o.app_id.as_ref())),
+            properties: u.properties.map(|p| p.0).or(old.and_then(|o| o.properties)),
+            tenant_key: pick(&event.tenant_key, old.and_then(|o| o.tenant_key.as_ref())),
+            app_id: pick(&event.app_id, old.and_then(|o| o.app_id.as_ref())),
             event_time: Some(event.create_time),
             event_id: Some(event.event_id.clone()),
             change_time: self.now,
@@ -244,31 +253,37 @@ impl Folder<'_> {
         true
     }
 
-    /// The change-log row of a child entity, with its process's filterable fields.
-    fn child_change(
-        &self,
+    /// Logs a child entity's new row (with its process's filterable fields) and makes it the
+    /// entity's row in the plan and for the rest of the batch. `maps` picks the entity's table.
+    #[allow(clippy::too_many_arguments)]
+    fn record_child<T: Serialize + Clone>(
+        &mut self,
         event: &Event,
         entity: &'static str,
-        entity_id: &str,
+        entity_id: String,
         process_id: &str,
-        state: serde_json::Value,
+        row: T,
         revision: i64,
-    ) -> ChangeRow {
+        maps: RowMaps<T>,
+    ) {
         let process = self.current.processes.get(process_id);
         let status = process.and_then(|p| p.status);
-        ChangeRow {
+        self.plan.changes.push(ChangeRow {
             revision,
             entity,
-            entity_id: entity_id.to_owned(),
+            entity_id: entity_id.clone(),
             process_id: process_id.to_owned(),
             event_id: event.event_id.clone(),
-            state,
+            state: json(&row),
             change_time: self.now,
             process_status: status,
             previous_process_status: status,
             process_biz_type: process.and_then(|p| p.biz_type.clone()),
             process_flow_definition_id: process.and_then(|p| p.flow_definition_id.clone()),
-        }
+        });
+        let (planned, current) = maps(&mut self.plan, self.current);
+        planned.insert(entity_id.clone(), row.clone());
+        current.insert(entity_id, row);
     }
 
     fn node(&mut self, event: &Event, u: &NodeUpdate, revision: i64) -> bool {
@@ -276,7 +291,6 @@ impl Folder<'_> {
         if old.is_some_and(|o| !newer((o.event_time, &o.event_id), event)) {
             return false;
         }
-        let pick = |new: &Option<String>, old: Option<&String>| new.clone().or(old.cloned());
         let row = NodeState {
             process_node_id: u.process_node_id.clone(),
             process_id: u.process_id.clone(),
@@ -301,19 +315,10 @@ impl Folder<'_> {
             change_time: self.now,
             revision,
         };
-        let change = self.child_change(
-            event,
-            "node",
-            &row.process_node_id,
-            &row.process_id,
-            json(&row),
-            revision,
-        );
-        self.plan.changes.push(change);
-        self.plan
-            .nodes
-            .insert(row.process_node_id.clone(), row.clone());
-        self.current.nodes.insert(row.process_node_id.clone(), row);
+        let (id, process_id) = (row.process_node_id.clone(), row.process_id.clone());
+        self.record_child(event, "node", id, &process_id, row, revision, |p, c| {
+            (&mut p.nodes, &mut c.nodes)
+        });
         true
     }
 
@@ -322,7 +327,6 @@ impl Folder<'_> {
         if old.is_some_and(|o| !newer((o.event_time, &o.event_id), event)) {
             return false;
         }
-        let pick = |new: &Option<String>, old: Option<&String>| new.clone().or(old.cloned());
         let row = TaskState {
             approver_id: u.approver_id.clone(),
             process_id: u.process_id.clone(),
@@ -348,17 +352,10 @@ impl Folder<'_> {
             change_time: self.now,
             revision,
         };
-        let change = self.child_change(
-            event,
-            "task",
-            &row.approver_id,
-            &row.process_id,
-            json(&row),
-            revision,
-        );
-        self.plan.changes.push(change);
-        self.plan.tasks.insert(row.approver_id.clone(), row.clone());
-        self.current.tasks.insert(row.approver_id.clone(), row);
+        let (id, process_id) = (row.approver_id.clone(), row.process_id.clone());
+        self.record_child(event, "task", id, &process_id, row, revision, |p, c| {
+            (&mut p.tasks, &mut c.tasks)
+        });
         true
     }
 
@@ -367,7 +364,6 @@ impl Folder<'_> {
         if old.is_some_and(|o| !newer((o.event_time, &o.event_id), event)) {
             return false;
         }
-        let pick = |new: &Option<String>, old: Option<&String>| new.clone().or(old.cloned());
         let row = CcState {
             approver_id: u.approver_id.clone(),
             process_id: u.process_id.clone(),
@@ -380,19 +376,10 @@ impl Folder<'_> {
             change_time: self.now,
             revision,
         };
-        let change = self.child_change(
-            event,
-            "cc_task",
-            &row.approver_id,
-            &row.process_id,
-            json(&row),
-            revision,
-        );
-        self.plan.changes.push(change);
-        self.plan
-            .cc_tasks
-            .insert(row.approver_id.clone(), row.clone());
-        self.current.cc_tasks.insert(row.approver_id.clone(), row);
+        let (id, process_id) = (row.approver_id.clone(), row.process_id.clone());
+        self.record_child(event, "cc_task", id, &process_id, row, revision, |p, c| {
+            (&mut p.cc_tasks, &mut c.cc_tasks)
+        });
         true
     }
 }
