@@ -1,12 +1,13 @@
 //! Read queries. Each is ONE statement, so it sees one snapshot: the revision it reports and
-//! the rows it returns agree, with no explicit transaction. Rows come back as `jsonb` and are
-//! decoded by `rows`, the same path the change log uses.
+//! the rows it returns agree, with no explicit transaction. A process with its children comes
+//! back as `jsonb` (decoded by `rows`, the path the change log uses); list pages as typed rows.
 
-use super::rows::{ProcessState, TaskState, decode, decode_detail};
+use super::rows::{ProcessState, TaskState, decode_detail};
 use crate::domain::{Process, ProcessDetail, Task};
 use crate::store::{Page, PageRequest, ProcessFilter, StoreError, TaskFilter};
 use serde_json::Value;
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 /// Select-list of a process with its children as JSON: `to_jsonb(p)` and three arrays, for
 /// the process whose id is `process_id` (an SQL expression).
@@ -99,7 +100,8 @@ fn push_eq(q: &mut QueryBuilder<'_, Postgres>, column: &'static str, value: &Opt
 }
 
 /// Closes the `page` CTE (ordered by `key`, one row more than asked to learn whether more
-/// follow) and reads it with the current revision in one statement.
+/// follow) and reads it with the current revision in one statement. Rows come back typed (no
+/// JSON): the left join keeps one row, with a null `key`, when the page is empty.
 async fn finish_page<R, T>(
     pool: &PgPool,
     mut q: QueryBuilder<'_, Postgres>,
@@ -107,18 +109,26 @@ async fn finish_page<R, T>(
     limit: u32,
 ) -> Result<Page<T>, StoreError>
 where
-    R: serde::de::DeserializeOwned,
+    R: for<'r> sqlx::FromRow<'r, PgRow>,
     T: From<R>,
 {
     q.push(" order by ")
         .push(key)
         .push(" limit ")
         .push_bind(i64::from(limit) + 1);
-    q.push(") select c.revision, (select coalesce(jsonb_agg(page order by ")
-        .push(key)
-        .push("), '[]') from page) from revision_counter c");
-    let (revision, rows): (i64, Value) = q.build_query_as().fetch_one(pool).await?;
-    let mut items: Vec<T> = decode::<Vec<R>>(rows)?.into_iter().map(T::from).collect();
+    q.push(") select c.revision as page_revision, page.* from revision_counter c left join page on true order by page.")
+        .push(key);
+    let rows = q.build().fetch_all(pool).await?;
+    let revision = match rows.first() {
+        Some(row) => row.try_get("page_revision")?,
+        None => return Err(StoreError::Decode("revision counter row missing".into())),
+    };
+    let mut items = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if row.try_get::<Option<&str>, _>(key)?.is_some() {
+            items.push(T::from(R::from_row(row)?));
+        }
+    }
     let more = items.len() > limit as usize;
     items.truncate(limit as usize);
     Ok(Page {

@@ -1,4 +1,4 @@
-//! Stored rows as JSON (`to_jsonb(row)`) and their conversion to domain types. Reads, the
+//! Stored rows, as JSON (`to_jsonb(row)`) or typed, and their conversion to domain types. Reads, the
 //! change log's `state` column and the ingest fold (which also writes them) share these types.
 
 use crate::domain::{
@@ -39,7 +39,7 @@ pub(super) fn decode_detail(
 }
 
 /// A `processes` row; serialized, it is what `to_jsonb(row)` gives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub(super) struct ProcessState {
     pub process_id: String,
     pub status: Option<i32>,
@@ -73,7 +73,7 @@ pub(super) struct NodeState {
 }
 
 /// A `tasks` row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub(super) struct TaskState {
     pub approver_id: String,
     pub process_id: String,
