@@ -28,6 +28,9 @@ pub enum Scenario {
     Query(query::QueryArgs),
     /// Watch latency (webhook 200 → watcher, same and cross replica) and idle-watcher fan-out.
     Watch(watch::WatchArgs),
+    /// The query scenario's ceiling, which it starts as a process of its own like the service.
+    #[command(hide = true)]
+    MinimalServer(query::MinimalArgs),
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -38,6 +41,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scenario::Ingest(i) => ingest::run(&admin, i).await,
         Scenario::Query(q) => query::run(&admin, q).await,
         Scenario::Watch(w) => watch::run(&admin, w).await,
+        Scenario::MinimalServer(m) => query::serve_minimal(m).await,
     }
 }
 

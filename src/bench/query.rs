@@ -1,6 +1,7 @@
 //! `bench query`: GetProcess flat out and at half that rate against a replica holding
-//! realistic processes, compared with a minimal tonic server that answers GetProcess with a
-//! fixed message of the same size, driven by the same load generator.
+//! realistic processes, compared with a minimal tonic server answering GetProcess with a fixed
+//! message of the same size: a process of its own like the service, under the same load
+//! generator.
 
 use super::percentile;
 use super::replica::{BenchDb, Replica};
@@ -68,12 +69,9 @@ async fn run_in(db: &BenchDb, args: &QueryArgs) -> anyhow::Result<()> {
     }
     replica.stop().await;
 
-    let (baseline_addr, server) = minimal_server(sample).await?;
-    let baseline = Endpoint::from_shared(format!("http://{baseline_addr}"))?
-        .connect()
-        .await?;
+    let (baseline, server) = start_minimal(&sample).await?;
     let (minimal, minimal_lat) = load(&baseline, &ids, args, None).await?;
-    server.abort();
+    drop(server);
 
     println!(
         "GetProcess ({size}-byte answers, {} processes, {} callers, {} s per run):",
@@ -291,19 +289,51 @@ impl ProcessService for Minimal {
     }
 }
 
-async fn minimal_server(
-    answer: GetProcessResponse,
-) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(ProcessServiceServer::new(Minimal(answer)))
-            .serve_with_incoming(tokio_stream::StreamExt::map(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                |accepted| accepted.inspect(|tcp| drop(tcp.set_nodelay(true))),
-            ))
-            .await;
-    });
-    Ok((addr, server))
+/// Arguments of the hidden `bench minimal-server`.
+#[derive(Debug, Args)]
+pub struct MinimalArgs {
+    /// Address to listen on.
+    #[arg(long)]
+    addr: std::net::SocketAddr,
+    /// The GetProcessResponse to answer every call with, protobuf-encoded, in hex.
+    #[arg(long)]
+    answer: String,
+}
+
+/// Starts the ceiling in a child process, as the service runs (same binary, same runtime), so
+/// the two share the machine with the load generator alike; returns a connected channel.
+async fn start_minimal(
+    answer: &GetProcessResponse,
+) -> anyhow::Result<(Channel, tokio::process::Child)> {
+    let addr = format!("127.0.0.1:{}", super::replica::free_port()?);
+    let child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["bench", "minimal-server", "--addr", &addr, "--answer"])
+        .arg(hex::encode(prost::Message::encode_to_vec(answer)))
+        .kill_on_drop(true)
+        .spawn()?;
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?;
+    let started = Instant::now();
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok((channel, child)),
+            Err(e) if started.elapsed() > Duration::from_secs(10) => {
+                anyhow::bail!("minimal server on {addr} did not start: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Runs the minimal server until killed.
+pub async fn serve_minimal(args: MinimalArgs) -> anyhow::Result<()> {
+    let answer: GetProcessResponse = prost::Message::decode(&*hex::decode(&args.answer)?)?;
+    let listener = tokio::net::TcpListener::bind(args.addr).await?;
+    tonic::transport::Server::builder()
+        .add_service(ProcessServiceServer::new(Minimal(answer)))
+        .serve_with_incoming(tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            |accepted| accepted.inspect(|tcp| drop(tcp.set_nodelay(true))),
+        ))
+        .await?;
+    Ok(())
 }
