@@ -235,9 +235,10 @@ impl App {
             metrics: metrics.clone(),
         };
         let grpc_router = tonic::transport::Server::builder()
-            // gRPC-web for browsers: HTTP/1.1 too, CORS for the configured origins only.
+            // gRPC-web for browsers: HTTP/1.1 too, CORS for the configured origins only (none
+            // configured: no CORS layer, which would refuse every origin on each call anyway).
             .accept_http1(true)
-            .layer(cors(&config.cors_allow_origins))
+            .layer(tower::util::option_layer(cors(&config.cors_allow_origins)))
             .layer(auth)
             .layer(crate::metrics::RpcMetricsLayer(metrics.clone()))
             // The dashboard's page and script, next to the API it calls.
@@ -326,9 +327,12 @@ impl App {
 
 /// CORS for gRPC-web: preflights answered for the allowed origins, the gRPC status headers
 /// exposed to the page. No origin is granted anything unless configured.
-fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
+fn cors(origins: &[http::HeaderValue]) -> Option<tower_http::cors::CorsLayer> {
     use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
-    tower_http::cors::CorsLayer::new()
+    if origins.is_empty() {
+        return None;
+    }
+    let layer = tower_http::cors::CorsLayer::new()
         .allow_origin(tower_http::cors::AllowOrigin::list(origins.iter().cloned()))
         .allow_methods([http::Method::POST, http::Method::OPTIONS])
         .allow_headers([
@@ -344,7 +348,8 @@ fn cors(origins: &[http::HeaderValue]) -> tower_http::cors::CorsLayer {
             HeaderName::from_static("grpc-message"),
             HeaderName::from_static("grpc-status-details-bin"),
         ])
-        .max_age(Duration::from_secs(3600))
+        .max_age(Duration::from_secs(3600));
+    Some(layer)
 }
 
 /// The request span: method path and the authenticated caller (never the token).

@@ -14,7 +14,9 @@ pub struct Caller(pub Arc<str>);
 
 impl Caller {
     pub fn anonymous() -> Self {
-        Caller(Arc::from("anonymous"))
+        static ANONYMOUS: std::sync::LazyLock<Arc<str>> =
+            std::sync::LazyLock::new(|| Arc::from("anonymous"));
+        Caller(ANONYMOUS.clone())
     }
 }
 

@@ -58,13 +58,14 @@ impl ProcessCache {
         }
     }
 
-    /// The process as of the returned revision: from the cache, or read with `read` (one
-    /// read per process at a time) and kept. `None` when the process is unknown.
+    /// The process as of the returned revision: from the cache, or read with `read()` (one
+    /// read per process at a time; a hit makes none) and kept. `None` when the process is
+    /// unknown.
     pub async fn get_or_read<F>(
         &self,
         process_id: &str,
         min_revision: i64,
-        read: F,
+        read: impl FnOnce() -> F,
     ) -> Result<(Option<Arc<pb::Process>>, i64), StoreError>
     where
         F: Future<Output = Result<(Option<ProcessDetail>, i64), StoreError>>,
@@ -82,7 +83,7 @@ impl ProcessCache {
         if let Some((process, revision)) = self.get(process_id, min_revision) {
             return Ok((Some(process), revision));
         }
-        let (detail, revision) = read.await?;
+        let (detail, revision) = read().await?;
         let process = detail.map(|d| Arc::new(pb::Process::from(d)));
         if let Some(process) = &process {
             self.insert(process.clone(), revision);

@@ -33,10 +33,12 @@ pub struct StatusLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
-    pub method: String,
-    pub code: String,
+    /// One of `RPC_METHODS`, or `other`.
+    pub method: &'static str,
+    /// The `grpc-status` code, `0` to `16`, or `other`.
+    pub code: &'static str,
     /// The authenticated caller's name (`anonymous` without authentication).
-    pub caller: String,
+    pub caller: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -196,7 +198,8 @@ impl Metrics {
 
 /// Records every gRPC call's latency to its response headers, by method and `grpc-status`
 /// (a trailers-only error carries it in the headers; a success carries it in the trailers,
-/// counted here as `0`). Unknown paths count as `other`, so callers cannot add label values.
+/// counted here as `0`). Unknown paths and codes count as `other`, so callers cannot add label
+/// values; the labels are chosen without allocating.
 #[derive(Debug, Clone)]
 pub struct RpcMetricsLayer(pub Arc<Metrics>);
 
@@ -217,12 +220,31 @@ pub struct RpcMetrics<S> {
     metrics: Arc<Metrics>,
 }
 
-const KNOWN_SERVICES: &[&str] = &[
-    "/processstate.v1.ProcessService/",
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.v1.",
-    "/grpc.reflection.v1alpha.",
+/// Every method the gRPC listener serves (a test checks ours against the proto).
+pub const RPC_METHODS: &[&str] = &[
+    "/processstate.v1.ProcessService/GetProcess",
+    "/processstate.v1.ProcessService/ListProcesses",
+    "/processstate.v1.ProcessService/ListTasks",
+    "/processstate.v1.ProcessService/WatchProcess",
+    "/processstate.v1.ProcessService/WatchProcesses",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
+
+const GRPC_CODES: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
+
+/// `value` as one of `known`, or `other`.
+fn known(known: &[&'static str], value: &str) -> &'static str {
+    known
+        .iter()
+        .find(|k| **k == value)
+        .copied()
+        .unwrap_or("other")
+}
 
 type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
 
@@ -245,17 +267,12 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
         let is_rpc = request.method() == http::Method::POST;
-        let method = if KNOWN_SERVICES.iter().any(|s| path.starts_with(s)) {
-            path.to_owned()
-        } else {
-            "other".to_owned()
-        };
+        let method = known(RPC_METHODS, request.uri().path());
         let caller = request
             .extensions()
             .get::<crate::auth::Caller>()
-            .map_or_else(|| "anonymous".to_owned(), |c| c.0.to_string());
+            .map_or_else(|| crate::auth::Caller::anonymous().0, |c| c.0.clone());
         let (started, metrics) = (std::time::Instant::now(), self.metrics.clone());
         let call = self.inner.call(request);
         Box::pin(async move {
@@ -264,11 +281,10 @@ where
                 let code = response
                     .headers()
                     .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("0");
+                    .map_or("0", |v| known(&GRPC_CODES, v.to_str().unwrap_or_default()));
                 let labels = RpcLabels {
                     method,
-                    code: code.to_owned(),
+                    code,
                     caller,
                 };
                 metrics
@@ -278,5 +294,47 @@ where
             }
             response
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// Every method of the services in `set`, as a request path.
+    fn paths(set: &[u8]) -> Vec<String> {
+        let set = prost_types::FileDescriptorSet::decode(set).expect("descriptor set");
+        let mut paths = Vec::new();
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    paths.push(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+        paths
+    }
+
+    #[test]
+    fn every_served_method_is_a_known_label() {
+        let served = [
+            paths(crate::api::pb::FILE_DESCRIPTOR_SET),
+            paths(tonic_health::pb::FILE_DESCRIPTOR_SET),
+        ]
+        .concat();
+        assert!(served.len() >= 7, "{served:?}");
+        for path in served {
+            assert_eq!(known(RPC_METHODS, &path), path, "{path} counts as other");
+        }
+        let made_up = "/processstate.v1.ProcessService/MadeUp";
+        assert_eq!(known(RPC_METHODS, made_up), "other");
+        assert_eq!(known(&GRPC_CODES, "16"), "16");
+        assert_eq!(known(&GRPC_CODES, "17"), "other");
     }
 }

@@ -127,11 +127,9 @@ impl ProcessService for ProcessApi {
         }
         let (process, revision) = self
             .cache
-            .get_or_read(
-                &process_id,
-                min_revision,
-                self.store.get_process(&process_id),
-            )
+            .get_or_read(&process_id, min_revision, || {
+                self.store.get_process(&process_id)
+            })
             .await
             .map_err(ApiError::from)?;
         let process = process.ok_or(ApiError::ProcessNotFound(process_id))?;

@@ -263,7 +263,7 @@ fn stream(
                     yield message(bounds.pruned_through, Kind::Reset(reset));
                 }
                 if let Some(id) = filter.process_id.as_deref() {
-                    let read = w.store.get_process(id);
+                    let read = || w.store.get_process(id);
                     let (process, revision) = w.cache.get_or_read(id, 0, read).await.map_err(store_status)?;
                     let count = i64::from(process.is_some());
                     if let Some(process) = process {
