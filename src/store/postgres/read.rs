@@ -51,10 +51,7 @@ pub(super) async fn list_processes(
     if let Some(after) = &page.after {
         q.push(" and process_id > ").push_bind(after);
     }
-    if !f.statuses.is_empty() {
-        let statuses: Vec<i32> = f.statuses.iter().map(|s| s.0).collect();
-        q.push(" and status = any(").push_bind(statuses).push(")");
-    }
+    push_in(&mut q, "status", f.statuses.iter().map(|s| s.0).collect());
     push_eq(&mut q, "biz_type", &f.biz_type);
     push_eq(&mut q, "flow_definition_id", &f.flow_definition_id);
     if let Some(since) = f.changed_since {
@@ -73,14 +70,8 @@ pub(super) async fn list_tasks(
         q.push(" and approver_id > ").push_bind(after);
     }
     push_eq(&mut q, "process_id", &f.process_id);
-    if !f.statuses.is_empty() {
-        let statuses: Vec<i32> = f.statuses.iter().map(|s| s.0).collect();
-        q.push(" and status = any(").push_bind(statuses).push(")");
-    }
-    if !f.types.is_empty() {
-        let types: Vec<i32> = f.types.iter().map(|s| s.0).collect();
-        q.push(" and task_type = any(").push_bind(types).push(")");
-    }
+    push_in(&mut q, "status", f.statuses.iter().map(|s| s.0).collect());
+    push_in(&mut q, "task_type", f.types.iter().map(|t| t.0).collect());
     push_eq(&mut q, "biz_type", &f.biz_type);
     push_eq(&mut q, "flow_definition_id", &f.flow_definition_id);
     push_eq(&mut q, "node_definition_id", &f.node_definition_id);
@@ -88,6 +79,24 @@ pub(super) async fn list_tasks(
         q.push(" and change_time >= ").push_bind(since);
     }
     finish_page::<TaskState, Task>(pool, q, "approver_id", page.limit).await
+}
+
+/// `column` is one of `values` (no condition when empty). One value is compared with `=`,
+/// which lets the planner walk the `(column, key)` index in page order; `= any(..)` does not.
+fn push_in(q: &mut QueryBuilder<'_, Postgres>, column: &'static str, values: Vec<i32>) {
+    match values.as_slice() {
+        [] => {}
+        [one] => {
+            q.push(" and ").push(column).push(" = ").push_bind(*one);
+        }
+        _ => {
+            q.push(" and ")
+                .push(column)
+                .push(" = any(")
+                .push_bind(values)
+                .push(")");
+        }
+    }
 }
 
 fn push_eq(q: &mut QueryBuilder<'_, Postgres>, column: &'static str, value: &Option<String>) {
