@@ -85,6 +85,11 @@ async fn insert_and_read(tx: &mut PgConnection, events: &[Event]) -> Result<Read
     .bind(&nodes)
     .bind(&tasks)
     .bind(&cc_tasks)
+    // Not a prepared statement: planned for its arguments and the tables' sizes every time. A
+    // generic plan is fixed after five runs, and one fixed while the tables were small (a
+    // fresh database taking a backlog) scans them whole for every batch until autovacuum
+    // happens to analyze them.
+    .persistent(false)
     .fetch_one(&mut *tx)
     .await?;
     let stored: std::collections::HashSet<&str> = stored.iter().map(String::as_str).collect();
