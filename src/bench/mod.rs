@@ -26,7 +26,8 @@ pub enum Scenario {
     Ingest(ingest::IngestArgs),
     /// GetProcess throughput and latency against a minimal tonic server.
     Query(query::QueryArgs),
-    /// Watch latency (webhook 200 → watcher, same and cross replica) and idle-watcher fan-out.
+    /// Watch latency (webhook 200 → watcher, same and cross replica), idle-watcher fan-out, and
+    /// a replica's start to ready and idle memory.
     Watch(watch::WatchArgs),
     /// The query scenario's ceiling, which it starts as a process of its own like the service.
     #[command(hide = true)]

@@ -1,6 +1,7 @@
-//! `bench watch`: latency from the webhook's 200 to receipt by a watcher on the same replica
-//! and on another one, at a steady event rate; then many idle watchers on one replica: memory
-//! per watcher and the time to deliver one change to all of them.
+//! `bench watch`: a second replica's start to ready (migrations already applied) and idle
+//! memory; latency from the webhook's 200 to receipt by a watcher on the same replica and on
+//! another one, at a steady event rate; then many idle watchers on one replica: memory per
+//! watcher and the time to deliver one change to all of them.
 
 use super::percentile;
 use super::replica::{BenchDb, Replica};
@@ -88,6 +89,11 @@ async fn run_in(db: &BenchDb, args: &WatchArgs) -> anyhow::Result<()> {
     println!(
         "replicas: A http {} grpc {}, B http {} grpc {}",
         a.http, a.grpc, b.http, b.grpc
+    );
+    println!(
+        "replica B, migrations already applied: start to ready {:.1} ms; idle RSS {:.1} MiB",
+        b.ready_after.as_secs_f64() * 1000.0,
+        b.rss_bytes()? as f64 / 1048576.0
     );
     latency(&a, &b, args).await?;
     fan_out(&a, &b, args).await?;
