@@ -221,7 +221,7 @@ pub struct RpcMetrics<S> {
 }
 
 /// Every method the gRPC listener serves (a test checks ours against the proto).
-pub const RPC_METHODS: &[&str] = &[
+const RPC_METHODS: &[&str] = &[
     "/processstate.v1.ProcessService/GetProcess",
     "/processstate.v1.ProcessService/ListProcesses",
     "/processstate.v1.ProcessService/ListTasks",
