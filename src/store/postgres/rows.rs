@@ -1,5 +1,6 @@
-//! Stored rows, as JSON (`to_jsonb(row)`) or typed, and their conversion to domain types. Reads, the
-//! change log's `state` column and the ingest fold (which also writes them) share these types.
+//! Stored rows, as JSON (`to_jsonb(row)`) or typed, and their conversion to domain types.
+//! Reads, the change log's `state` column and the ingest fold (which also writes them) share
+//! these types.
 
 use crate::domain::{
     CcStatus, CcTask, Node, NodeStatus, NodeType, Process, ProcessDetail, ProcessProperties,
