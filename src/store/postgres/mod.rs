@@ -20,6 +20,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Name of the NOTIFY channel that rings after each commit that produced revisions.
 pub const NOTIFY_CHANNEL: &str = "process_state_changes";
 
+/// A pooled connection idle this long is pinged before it is handed out.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// Postgres-backed store.
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -42,6 +45,18 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
+            // sqlx pings every connection it hands out: a round trip before every statement.
+            // Ping only one that sat idle for a while, as pgx and HikariCP do; one that dies
+            // mid-use fails its statement, which callers already treat as unavailable.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await?;
         Ok(Self { pool })
