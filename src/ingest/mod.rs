@@ -2,8 +2,9 @@
 //! then hand it to the batching writer, which commits many events in one transaction (group
 //! commit) and answers each delivery only after its transaction committed.
 
+mod gather;
 mod normalize;
 mod writer;
 
 pub use normalize::{event_types, normalize};
-pub use writer::{Ingest, IngestError, WriterConfig};
+pub use writer::{Announced, Ingest, IngestError, WriterConfig};

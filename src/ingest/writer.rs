@@ -5,6 +5,7 @@
 //! delivery. The queue is bounded: when it is full, `submit` waits, and the caller's deadline
 //! (the webhook's 3 s budget) turns that wait into a 503 and a redelivery, never a lost event.
 
+use super::gather::{Arrivals, Gather, gather};
 use crate::cache::ProcessCache;
 use crate::domain::Event;
 use crate::metrics::Metrics;
@@ -20,7 +21,8 @@ use tracing::{Instrument, info_span, warn};
 pub struct WriterConfig {
     /// Most events in one transaction.
     pub max_batch: usize,
-    /// How long a batch waits for more events after the first; zero commits what is queued.
+    /// Longest a batch waits after its first event: for deliveries still being decoded, or
+    /// to reach the previous batch's size (`gather.rs`); zero commits what is queued.
     pub max_wait: Duration,
     /// Events that may wait for the writer before `submit` itself waits.
     pub queue: usize,
@@ -56,6 +58,32 @@ struct Job {
 #[derive(Debug, Clone)]
 pub struct Ingest {
     queue: mpsc::Sender<Job>,
+    arrivals: Arc<Arrivals>,
+}
+
+/// A delivery being decoded: while it lives, the batch being gathered waits for it (up to the
+/// batch wait). Dropping it without submitting tells the writer not to wait.
+#[derive(Debug)]
+pub struct Announced {
+    ingest: Ingest,
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        self.ingest.arrivals.settle();
+    }
+}
+
+impl Announced {
+    /// Stores the announced delivery's event; returns once its transaction committed (or
+    /// failed).
+    pub async fn submit(self, event: Event) -> Result<Outcome, IngestError> {
+        let (reply, answer) = oneshot::channel();
+        let queued = self.ingest.queue.send(Job { event, reply }).await;
+        drop(self);
+        queued.map_err(|_| IngestError::Stopped)?;
+        answer.await.map_err(|_| IngestError::Stopped)?
+    }
 }
 
 impl std::fmt::Debug for Job {
@@ -81,18 +109,23 @@ impl Ingest {
             metrics,
             cache,
         };
-        let handle = tokio::spawn(writer.run(jobs, config));
-        (Self { queue }, handle)
+        let arrivals = Arc::new(Arrivals::default());
+        let handle = tokio::spawn(writer.run(jobs, arrivals.clone(), config));
+        (Self { queue, arrivals }, handle)
+    }
+
+    /// Announces a delivery as soon as it arrives, before it is decoded, so the batch being
+    /// gathered waits for it instead of committing without it.
+    pub fn announce(&self) -> Announced {
+        self.arrivals.announce();
+        Announced {
+            ingest: self.clone(),
+        }
     }
 
     /// Stores one event; returns once its transaction committed (or failed).
     pub async fn submit(&self, event: Event) -> Result<Outcome, IngestError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Job { event, reply })
-            .await
-            .map_err(|_| IngestError::Stopped)?;
-        answer.await.map_err(|_| IngestError::Stopped)?
+        self.announce().submit(event).await
     }
 }
 
@@ -104,20 +137,24 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(self, mut queue: mpsc::Receiver<Job>, config: WriterConfig) {
+    async fn run(
+        self,
+        mut queue: mpsc::Receiver<Job>,
+        arrivals: Arc<Arrivals>,
+        config: WriterConfig,
+    ) {
         let metrics = &self.metrics;
         let max_batch = config.max_batch.max(1);
         let mut jobs = Vec::with_capacity(max_batch);
+        let mut expect = 1;
         while queue.recv_many(&mut jobs, max_batch).await > 0 {
-            if !config.max_wait.is_zero() {
-                let deadline = tokio::time::Instant::now() + config.max_wait;
-                while jobs.len() < max_batch {
-                    match tokio::time::timeout_at(deadline, queue.recv()).await {
-                        Ok(Some(job)) => jobs.push(job),
-                        _ => break,
-                    }
-                }
-            }
+            let limits = Gather {
+                max_batch,
+                max_wait: config.max_wait,
+                expect,
+            };
+            gather(&mut queue, &mut jobs, &arrivals, limits).await;
+            expect = jobs.len();
             let (events, replies): (Vec<Event>, Vec<_>) =
                 jobs.drain(..).map(|j| (j.event, j.reply)).unzip();
             let span = info_span!("ingest_batch", size = events.len());

@@ -6,7 +6,7 @@ use super::chunks::{Assembled, ChunkLimits, Reassembler};
 use crate::domain::EventSource;
 use crate::feishu::envelope::{self, Payload};
 use crate::feishu::frame::{ClientConfig, Frame, Kind};
-use crate::ingest::{Ingest, normalize};
+use crate::ingest::{Announced, Ingest, normalize};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -159,10 +159,11 @@ fn on_frame(
                     warn!(%message_id, %trace_id, why, "chunk refused; the event will be redelivered")
                 }
                 Assembled::Complete(payload) => {
-                    let (ingest, outbox, metrics) =
-                        (ctx.ingest.clone(), outbox.clone(), ctx.metrics.clone());
+                    // Announced before the task runs, so a batch being gathered waits for it.
+                    let (announced, outbox, metrics) =
+                        (ctx.ingest.announce(), outbox.clone(), ctx.metrics.clone());
                     events.spawn(handle_event(
-                        frame, payload, message_id, trace_id, ingest, outbox, metrics,
+                        frame, payload, message_id, trace_id, announced, outbox, metrics,
                     ));
                 }
             }
@@ -180,7 +181,7 @@ async fn handle_event(
     payload: Vec<u8>,
     message_id: String,
     trace_id: String,
-    ingest: Ingest,
+    announced: Announced,
     outbox: mpsc::Sender<Message>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 ) {
@@ -198,7 +199,7 @@ async fn handle_event(
     };
     let event = normalize(envelope, EventSource::LongConnection);
     let (event_id, event_type) = (event.event_id.clone(), event.event_type.clone());
-    let code = match ingest.submit(event).await {
+    let code = match announced.submit(event).await {
         Ok(outcome) => {
             metrics.event("long_connection", &event_type, outcome.name());
             info!(%event_id, %message_id, ?outcome, "long-connection event stored");

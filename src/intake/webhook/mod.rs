@@ -67,6 +67,7 @@ async fn respond(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let announced = state.ingest.announce();
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -96,7 +97,7 @@ async fn respond(
     };
     let event = normalize(envelope, EventSource::Webhook);
     let (event_id, event_type) = (event.event_id.clone(), event.event_type.clone());
-    let result = tokio::time::timeout(state.ingest_timeout, state.ingest.submit(event)).await;
+    let result = tokio::time::timeout(state.ingest_timeout, announced.submit(event)).await;
     match result {
         Ok(Ok(outcome)) => {
             state.metrics.event("webhook", &event_type, outcome.name());
