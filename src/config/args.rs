@@ -97,7 +97,8 @@ pub struct Settings {
     /// Most events committed in one transaction [default: 256].
     #[arg(long, env = "PROCESS_STATE_BATCH_MAX")]
     pub batch_max: Option<usize>,
-    /// How long a batch waits for more events after the first, in ms [default: 1].
+    /// Longest a batch waits after its first event, for deliveries still being decoded or to
+    /// grow to the previous batch's size, in ms [default: 1].
     #[arg(long, env = "PROCESS_STATE_BATCH_WAIT_MS")]
     pub batch_wait_ms: Option<u64>,
     /// Database connections in the pool [default: 16].

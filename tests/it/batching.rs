@@ -1,14 +1,19 @@
 //! Group commit changes nothing but speed: a shuffled, duplicated stream of realistic events
 //! stored as ONE batch ends in exactly the rows, change log and outcomes of the same stream
-//! stored one event per transaction (revisions included: both number in stream order).
+//! stored one event per transaction (revisions included: both number in stream order). And a
+//! failed batch fails only its poison event.
 
 use crate::common::{TestDb, VERIFICATION_TOKEN};
+use futures::future::join_all;
+use process_state::cache::ProcessCache;
 use process_state::domain::{Event, EventSource};
 use process_state::feishu::envelope::{Payload, payload};
-use process_state::ingest::normalize;
+use process_state::ingest::{Ingest, IngestError, WriterConfig, normalize};
+use process_state::metrics::Metrics;
 use process_state::simulate::scenario::{Tenant, process_events};
 use process_state::store::{Outcome, PgStore, Store};
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn stream(seed: u64) -> Vec<Event> {
@@ -109,4 +114,74 @@ async fn one_batch_equals_one_event_per_transaction() {
         let again = batched.ingest(&events).await.unwrap();
         assert!(again.iter().all(|o| *o == Outcome::Duplicate));
     }
+}
+
+/// Deliveries announced together share one transaction; when it fails (an event id Postgres
+/// cannot store), each is retried alone, so only the poison delivery fails and its neighbours
+/// are stored.
+#[tokio::test]
+async fn a_poison_event_fails_alone_and_its_batch_neighbours_are_stored() {
+    let db = TestDb::new().await;
+    let store: Arc<dyn Store> = Arc::new(store(&db).await);
+    let metrics = Metrics::new();
+    let config = WriterConfig {
+        max_wait: Duration::from_secs(30),
+        ..WriterConfig::default()
+    };
+    let (ingest, writer) = Ingest::start(store, config, metrics.clone(), ProcessCache::new(64));
+
+    let mut seen = std::collections::HashSet::new();
+    let mut events: Vec<Event> = stream(4)
+        .into_iter()
+        .filter(|e| seen.insert(e.event_id.clone()))
+        .take(12)
+        .collect();
+    let poison = events.len() / 2;
+    events[poison].event_id = "poison\u{0}event".into();
+    // Announced before any is submitted: the writer waits for all of them (well inside the
+    // 30 s wait), so they form one batch.
+    let announced: Vec<_> = events.iter().map(|_| ingest.announce()).collect();
+    let started = std::time::Instant::now();
+    let results = join_all(
+        announced
+            .into_iter()
+            .zip(events.clone())
+            .map(|(announced, event)| announced.submit(event)),
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no fallback to the batch wait"
+    );
+
+    for (i, result) in results.iter().enumerate() {
+        if i == poison {
+            assert_eq!(*result, Err(IngestError::Failed));
+        } else {
+            assert!(
+                matches!(result, Ok(Outcome::Applied { .. } | Outcome::Kept)),
+                "{i}: {result:?}"
+            );
+        }
+    }
+    let stored: i64 = sqlx::query_scalar("select count(*) from inbox")
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap();
+    assert_eq!(stored as usize, events.len() - 1);
+    // One batch of all of them, then each retried alone.
+    let text = metrics.encode();
+    let count = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap()
+    };
+    assert_eq!(count("process_state_ingest_batch_size_count"), 1.0);
+    assert_eq!(
+        count("process_state_ingest_batch_size_sum"),
+        events.len() as f64
+    );
+
+    drop(ingest);
+    writer.await.unwrap();
 }
