@@ -2,8 +2,9 @@
 //! (group commit), then answers every waiting delivery with its own outcome.
 //!
 //! A batch that fails is retried event by event, so one poison event fails only its own
-//! delivery. The queue is bounded: when it is full, `submit` waits, and the caller's deadline
-//! (the webhook's 3 s budget) turns that wait into a 503 and a redelivery, never a lost event.
+//! delivery. The queue is bounded: when it is full, `Announced::submit` waits, and the
+//! caller's deadline (the webhook's 3 s budget) turns that wait into a 503 and a redelivery,
+//! never a lost event.
 
 use super::gather::{Arrivals, Gather, gather};
 use crate::cache::ProcessCache;
@@ -121,11 +122,6 @@ impl Ingest {
         Announced {
             ingest: self.clone(),
         }
-    }
-
-    /// Stores one event; returns once its transaction committed (or failed).
-    pub async fn submit(&self, event: Event) -> Result<Outcome, IngestError> {
-        self.announce().submit(event).await
     }
 }
 
