@@ -180,23 +180,38 @@ impl AuthLayer {
             || (self.open_reflection && path.starts_with("/grpc.reflection."))
     }
 
-    /// The caller, or the reason for refusing the call.
-    fn judge(&self, request: &http::Request<impl Sized>) -> Result<Caller, &'static str> {
-        let Some(tokens) = &self.tokens else {
-            return Ok(Caller::anonymous());
-        };
-        // Only gRPC calls are POSTs; the dashboard's page (GET) carries no API access.
-        if request.method() != http::Method::POST {
-            return Ok(Caller::anonymous());
+    /// Whether the request may go on, and as whom. The router dispatches on the path alone,
+    /// so the method is checked here: the dashboard's assets (GET/HEAD) are the only requests
+    /// that are not POST, and every gRPC call is a POST; anything else is refused before it
+    /// can reach a service, whatever its path, framing or token.
+    fn judge(&self, request: &http::Request<impl Sized>) -> Verdict {
+        let (method, path) = (request.method(), request.uri().path());
+        if crate::dashboard::is_asset(method, path) {
+            return Verdict::Pass(Caller::anonymous());
         }
+        if method != http::Method::POST {
+            return Verdict::MethodNotAllowed;
+        }
+        let Some(tokens) = &self.tokens else {
+            return Verdict::Pass(Caller::anonymous());
+        };
         let caller = bearer(request.headers()).map(|t| tokens.caller(t));
         match caller {
-            Some(Some(caller)) => Ok(caller),
-            _ if self.is_open(request.uri().path()) => Ok(Caller::anonymous()),
-            Some(None) => Err("invalid bearer token"),
-            None => Err("missing bearer token"),
+            Some(Some(caller)) => Verdict::Pass(caller),
+            _ if self.is_open(path) => Verdict::Pass(Caller::anonymous()),
+            Some(None) => Verdict::Unauthenticated("invalid bearer token"),
+            None => Verdict::Unauthenticated("missing bearer token"),
         }
     }
+}
+
+/// What the layer does with a request.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Pass(Caller),
+    /// Not POST and not a dashboard asset: not a gRPC call, so no service sees it.
+    MethodNotAllowed,
+    Unauthenticated(&'static str),
 }
 
 type BoxFuture<T, E> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send>>;
@@ -221,11 +236,20 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         match self.policy.judge(&request) {
-            Ok(caller) => {
+            Verdict::Pass(caller) => {
                 request.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(request))
             }
-            Err(reason) => {
+            Verdict::MethodNotAllowed => {
+                self.policy.metrics.rpc_method_not_allowed.inc();
+                let mut response = http::Response::new(R::default());
+                *response.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
+                response
+                    .headers_mut()
+                    .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+                Box::pin(std::future::ready(Ok(response)))
+            }
+            Verdict::Unauthenticated(reason) => {
                 self.policy
                     .metrics
                     .rpc_unauthenticated

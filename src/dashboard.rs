@@ -14,7 +14,25 @@ use std::task::{Context, Poll};
 const INDEX: &str = include_str!("../dashboard/index.html");
 const SCRIPT: &str = include_str!("../dashboard/dist/dashboard.js");
 
-/// Answers `GET /` and `GET /dashboard.js`; everything else goes to the inner service.
+/// The dashboard's assets: the only requests on the gRPC listener that need no caller token
+/// and are not POST (the auth layer refuses every other method).
+fn asset(method: &Method, path: &str) -> Option<(&'static str, &'static str)> {
+    if method != Method::GET && method != Method::HEAD {
+        return None;
+    }
+    match path {
+        "/" => Some((INDEX, "text/html; charset=utf-8")),
+        "/dashboard.js" => Some((SCRIPT, "text/javascript; charset=utf-8")),
+        _ => None,
+    }
+}
+
+/// Whether a request is for one of the dashboard's assets.
+pub fn is_asset(method: &Method, path: &str) -> bool {
+    asset(method, path).is_some()
+}
+
+/// Answers `GET`/`HEAD` of `/` and `/dashboard.js`; everything else goes to the inner service.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DashboardLayer;
 
@@ -48,13 +66,13 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let asset = match (request.method(), request.uri().path()) {
-            (&Method::GET, "/") => Some((INDEX, "text/html; charset=utf-8")),
-            (&Method::GET, "/dashboard.js") => Some((SCRIPT, "text/javascript; charset=utf-8")),
-            _ => None,
-        };
-        match asset {
+        match asset(request.method(), request.uri().path()) {
             Some((body, content_type)) => {
+                let body = if request.method() == Method::HEAD {
+                    ""
+                } else {
+                    body
+                };
                 Box::pin(std::future::ready(Ok(asset_response(body, content_type))))
             }
             None => Box::pin(self.inner.call(request)),

@@ -71,6 +71,7 @@ pub struct Metrics {
     pub watch_streams: Gauge,
     pub watch_lag: Gauge,
     pub rpc_unauthenticated: Family<ReasonLabels, Counter>,
+    pub rpc_method_not_allowed: Counter,
     pub reloads: Family<ReloadLabels, Counter>,
     pub long_connection_state: Family<StateLabels, Gauge>,
     pub long_connection_reconnects: Counter,
@@ -91,6 +92,7 @@ impl Default for Metrics {
             watch_streams: Gauge::default(),
             watch_lag: Gauge::default(),
             rpc_unauthenticated: Family::default(),
+            rpc_method_not_allowed: Counter::default(),
             reloads: Family::default(),
             long_connection_state: Family::default(),
             long_connection_reconnects: Counter::default(),
@@ -142,6 +144,11 @@ impl Default for Metrics {
             "rpc_unauthenticated",
             "gRPC calls refused for a missing or unknown bearer token, by reason",
             m.rpc_unauthenticated.clone(),
+        );
+        registry.register(
+            "rpc_method_not_allowed",
+            "Requests to the gRPC listener refused for their HTTP method (gRPC calls are POST; only the dashboard's assets are GET)",
+            m.rpc_method_not_allowed.clone(),
         );
         registry.register(
             "reloads",
@@ -267,7 +274,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let is_rpc = request.method() == http::Method::POST;
+        // Behind the auth layer only POSTs and the dashboard's assets arrive: count the calls.
+        let is_rpc = !crate::dashboard::is_asset(request.method(), request.uri().path());
         let method = known(RPC_METHODS, request.uri().path());
         let caller = request
             .extensions()

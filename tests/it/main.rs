@@ -6,6 +6,7 @@
 
 mod common;
 
+mod auth_methods;
 mod batching;
 mod cache;
 mod cli;

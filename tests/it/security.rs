@@ -53,7 +53,7 @@ impl Ca {
     }
 }
 
-fn temp_dir() -> PathBuf {
+pub fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ps-tls-{:016x}", rand::random::<u64>()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -102,7 +102,7 @@ async fn get(channel: Channel) -> Result<String, Status> {
     Ok(response.into_inner().process.unwrap().process_id)
 }
 
-async fn store_vector(app: &TestApp) {
+pub async fn store_vector(app: &TestApp) {
     let (body, headers) = signed_vector();
     assert_eq!(app.post(body, &header_refs(&headers)).await.0, 200);
 }
