@@ -16,6 +16,7 @@ mod grpcurl;
 mod longconn;
 mod metrics;
 mod ordering;
+mod reflection;
 mod security;
 mod store_down;
 mod watch;
