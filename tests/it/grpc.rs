@@ -26,7 +26,7 @@ fn task_event(n: usize, process: &str, status: i32, biz: &str) -> Value {
         &format!("task-{n}-{status}"),
         "corehr.process.approver.updated_v2",
         1_000 + n as i64,
-        json!({"process_id": process, "approver_id": approver, "type": if n % 5 == 0 { 5 } else { 1 }, "status": status,
+        json!({"process_id": process, "approver_id": approver, "type": if n.is_multiple_of(5) { 5 } else { 1 }, "status": status,
                "biz_type": biz, "flow_definition_id": "people_1_2", "node_definition_id": format!("approval_{}", n % 3),
                "node_id_str": "n1"}),
     )
