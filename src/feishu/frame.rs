@@ -100,14 +100,27 @@ pub struct ClientConfig {
     pub reconnect_nonce: Option<u64>,
 }
 
+/// The range a peer-sent `PingInterval` is clamped to (seconds): at least 1 s, so pings do not
+/// spin; at most 10 min, so a dead connection is still found.
+pub const PING_INTERVAL_SECS: (u64, u64) = (1, 600);
+/// The range of `ReconnectInterval` (seconds): at least 1 s, at most 1 h.
+pub const RECONNECT_INTERVAL_SECS: (u64, u64) = (1, 3600);
+/// The range of `ReconnectNonce` (seconds): the reconnect jitter is at most 10 min.
+pub const RECONNECT_NONCE_SECS: (u64, u64) = (0, 600);
+
 impl ClientConfig {
-    /// `self` with the keys `update` names replaced.
+    /// `self` with the keys `update` names replaced, each clamped to its range: the values
+    /// come from the network, and a `PingInterval` near `u64::MAX` overflowed the session's
+    /// clock. `ReconnectCount` takes any value (negative: retry for ever).
     pub fn merge(self, update: ClientConfig) -> Self {
+        let clamp = |v: Option<u64>, (low, high): (u64, u64)| v.map(|v| v.clamp(low, high));
         Self {
-            ping_interval: update.ping_interval.or(self.ping_interval),
+            ping_interval: clamp(update.ping_interval, PING_INTERVAL_SECS).or(self.ping_interval),
             reconnect_count: update.reconnect_count.or(self.reconnect_count),
-            reconnect_interval: update.reconnect_interval.or(self.reconnect_interval),
-            reconnect_nonce: update.reconnect_nonce.or(self.reconnect_nonce),
+            reconnect_interval: clamp(update.reconnect_interval, RECONNECT_INTERVAL_SECS)
+                .or(self.reconnect_interval),
+            reconnect_nonce: clamp(update.reconnect_nonce, RECONNECT_NONCE_SECS)
+                .or(self.reconnect_nonce),
         }
     }
 }
@@ -209,6 +222,47 @@ mod tests {
                 ping_interval: Some(5),
                 ..current
             }
+        );
+    }
+
+    #[test]
+    fn peer_settings_are_clamped() {
+        let base = ClientConfig {
+            ping_interval: Some(120),
+            reconnect_count: Some(-1),
+            reconnect_interval: Some(120),
+            reconnect_nonce: Some(30),
+        };
+        let huge: ClientConfig = serde_json::from_str(&format!(
+            r#"{{"PingInterval":{m},"ReconnectInterval":{m},"ReconnectNonce":{m},"ReconnectCount":{c}}}"#,
+            m = u64::MAX,
+            c = i64::MAX
+        ))
+        .unwrap();
+        let merged = base.merge(huge);
+        assert_eq!(merged.ping_interval, Some(600));
+        assert_eq!(merged.reconnect_interval, Some(3600));
+        assert_eq!(merged.reconnect_nonce, Some(600));
+        assert_eq!(merged.reconnect_count, Some(i64::MAX));
+        let zero = ClientConfig {
+            ping_interval: Some(0),
+            reconnect_interval: Some(0),
+            reconnect_nonce: Some(0),
+            reconnect_count: None,
+        };
+        let merged = base.merge(zero);
+        assert_eq!(
+            (
+                merged.ping_interval,
+                merged.reconnect_interval,
+                merged.reconnect_nonce
+            ),
+            (Some(1), Some(1), Some(0))
+        );
+        assert_eq!(
+            base.merge(ClientConfig::default()),
+            base,
+            "absent keys stay"
         );
     }
 }

@@ -3,7 +3,9 @@
 //! success on redelivery, rediscovery after a drop, a stop on too many connections, a
 //! half-open connection replaced, and one event through both paths applied once.
 
-use crate::common::gateway::{APP_ID, APP_SECRET, FakeGateway, event_frames, server_ping};
+use crate::common::gateway::{
+    APP_ID, APP_SECRET, FakeGateway, event_frames, pong_with_config, server_ping,
+};
 use crate::common::{TestApp, TestDb, config, counts, header_refs, signed_vector, vectors};
 use process_state::api::pb::{GetProcessRequest, ProcessStatus};
 use process_state::intake::longconn::WorkerConfig;
@@ -235,6 +237,24 @@ async fn too_many_connections_stops_the_worker_with_a_clear_reason() {
         503,
         "a stopped worker makes the replica not ready"
     );
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.grpc_channel().await);
+    let mut status = 0;
+    for _ in 0..50 {
+        status = health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if status == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status, 2,
+        "gRPC health says NOT_SERVING as /readyz says 503"
+    );
     let reason = body["long_connection"]["reason"].as_str().unwrap();
     assert!(
         reason.contains("maximum number of long connections"),
@@ -352,4 +372,30 @@ async fn trace_logs_never_contain_the_websocket_url_or_the_secret() {
     for secret in ["secretkey", "access_key", "ticket=t-", APP_SECRET] {
         assert!(!logs.contains(secret), "{secret} was logged");
     }
+}
+
+/// A `PingInterval` near `u64::MAX`, from endpoint discovery and then from a pong, is clamped:
+/// the session does not panic, stays the one connection, and keeps storing and acking events.
+#[tokio::test]
+async fn a_huge_ping_interval_from_the_endpoint_or_a_pong_is_clamped() {
+    let db = TestDb::new().await;
+    let gateway = FakeGateway::start().await;
+    let huge = json!({"PingInterval": u64::MAX, "ReconnectCount": -1, "ReconnectInterval": u64::MAX, "ReconnectNonce": u64::MAX});
+    gateway.set_client_config(huge.clone());
+    let app = spawn(&db, &gateway).await;
+    gateway.wait_connections(1).await;
+    deliver_and_expect_ack(&gateway, "e-huge-1", "777").await;
+    gateway.send(&pong_with_config(&huge)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let frame = &event_frames("m-huge-2", &event("e-huge-2", "777", 2), 1, 2)[0];
+    gateway.send(frame).await;
+    let acks = gateway.wait_acks(2).await;
+    assert_eq!(ack_code(&acks[1]), 200);
+    assert_eq!(gateway.connections(), 1, "the session was never lost");
+    let (status, body) = readyz(&app).await;
+    assert_eq!(
+        (status, body["long_connection"]["state"].as_str()),
+        (200, Some("connected"))
+    );
+    app.stop().await;
 }

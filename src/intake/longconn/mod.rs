@@ -4,7 +4,9 @@
 //! A plain loop over explicit states: connecting (discover an endpoint, dial), connected (a
 //! session), backing off (jitter in [0, ReconnectNonce] after a drop, ReconnectInterval after a
 //! failed attempt, at most ReconnectCount attempts when it is not negative), stopped (a fatal
-//! error: wrong credentials or too many connections). The endpoint is discovered anew on every
+//! error: wrong credentials or too many connections; or the task died). [`supervise`] starts a
+//! stopped worker again with backoff. Every setting Feishu sends is clamped to a range
+//! (`feishu::frame`), so no peer value can break the clock arithmetic. The endpoint is discovered anew on every
 //! attempt: its URL carries a short-lived ticket.
 
 pub mod chunks;
@@ -63,7 +65,7 @@ impl WorkerState {
     }
 }
 
-/// Starts the worker; it runs until shutdown or a fatal error.
+/// Starts the worker under [`supervise`]; it runs until shutdown.
 pub fn start(
     config: WorkerConfig,
     ingest: Ingest,
@@ -71,17 +73,82 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> (watch::Receiver<WorkerState>, tokio::task::JoinHandle<()>) {
     let (state, state_rx) = watch::channel(WorkerState::Connecting);
-    let handle = tokio::spawn(
-        run(config, ingest, metrics, state, shutdown).instrument(info_span!("long_connection")),
-    );
+    let body = {
+        let shutdown = shutdown.clone();
+        move |state| {
+            run(
+                config.clone(),
+                ingest.clone(),
+                metrics.clone(),
+                state,
+                shutdown.clone(),
+            )
+            .instrument(info_span!("long_connection"))
+        }
+    };
+    let handle = tokio::spawn(supervise(Arc::new(state), shutdown, body));
     (state_rx, handle)
+}
+
+/// First wait before a stopped worker is started again; it doubles on each restart up to
+/// [`RESTART_MAX`], and starts over once a run lasted [`RESTART_RESET`].
+const RESTART_MIN: Duration = Duration::from_secs(1);
+const RESTART_MAX: Duration = Duration::from_secs(600);
+const RESTART_RESET: Duration = Duration::from_secs(600);
+
+/// Runs `body` in a task of its own and starts it again, with backoff, whenever it ends for
+/// any reason but shutdown: a fatal answer from Feishu, retries used up, or a panic. Meanwhile
+/// the state says `stopped` with the reason, so `/readyz` and gRPC health show it; a worker
+/// that died can never look connected.
+pub async fn supervise<F, Fut>(
+    state: Arc<watch::Sender<WorkerState>>,
+    shutdown: CancellationToken,
+    body: F,
+) where
+    F: Fn(Arc<watch::Sender<WorkerState>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut wait = RESTART_MIN;
+    loop {
+        let started = tokio::time::Instant::now();
+        let ended = tokio::spawn(body(state.clone())).await;
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let reason = match ended {
+            Ok(()) => match &*state.borrow() {
+                WorkerState::Stopped { reason } => reason.clone(),
+                other => format!("the worker ended while {}", other.name()),
+            },
+            Err(err) if err.is_panic() => {
+                let panic = err.into_panic();
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-text panic".into());
+                format!("the worker panicked: {message}")
+            }
+            Err(err) => format!("the worker task failed: {err}"),
+        };
+        if started.elapsed() >= RESTART_RESET {
+            wait = RESTART_MIN;
+        }
+        error!(%reason, restart_in = ?wait, "long-connection worker stopped; it will be restarted");
+        state.send_replace(WorkerState::Stopped { reason });
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(RESTART_MAX);
+    }
 }
 
 async fn run(
     config: WorkerConfig,
     ingest: Ingest,
     metrics: Arc<Metrics>,
-    state: watch::Sender<WorkerState>,
+    state: Arc<watch::Sender<WorkerState>>,
     shutdown: CancellationToken,
 ) {
     let client = reqwest::Client::builder()
@@ -119,7 +186,9 @@ async fn run(
                         state.send_replace(WorkerState::BackingOff { reason });
                         // Jitter, so many clients dropped at once do not reconnect at once.
                         let nonce = settings.reconnect_nonce.unwrap_or(30);
-                        Duration::from_millis(rand::rng().random_range(0..=nonce * 1000))
+                        Duration::from_millis(
+                            rand::rng().random_range(0..=nonce.saturating_mul(1000)),
+                        )
                     }
                 }
             }
@@ -186,5 +255,57 @@ fn dial_error_kind(err: &tungstenite::Error) -> &'static str {
         tungstenite::Error::Url(_) => "invalid URL",
         tungstenite::Error::Protocol(_) => "protocol error",
         _ => "handshake error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker task that panics is reported stopped, with the panic's message, and started
+    /// again after the backoff.
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_worker_is_reported_and_restarted() {
+        let (state, mut seen) = watch::channel(WorkerState::Connecting);
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let shutdown = CancellationToken::new();
+        let body = {
+            let runs = runs.clone();
+            move |state: Arc<watch::Sender<WorkerState>>| {
+                let run = runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    state.send_replace(WorkerState::Connected {
+                        conn_id: format!("c{run}"),
+                    });
+                    if run == 0 {
+                        panic!("overflow when adding duration to instant");
+                    }
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        let supervisor = tokio::spawn(supervise(Arc::new(state), shutdown.clone(), body));
+        let stopped = seen
+            .wait_for(|s| matches!(s, WorkerState::Stopped { .. }))
+            .await
+            .unwrap()
+            .clone();
+        let WorkerState::Stopped { reason } = stopped else {
+            unreachable!()
+        };
+        assert!(reason.contains("panicked: overflow"), "{reason}");
+        let restarted = seen
+            .wait_for(|s| matches!(s, WorkerState::Connected { .. }))
+            .await
+            .unwrap()
+            .clone();
+        assert_eq!(
+            restarted,
+            WorkerState::Connected {
+                conn_id: "c1".into()
+            }
+        );
+        shutdown.cancel();
+        supervisor.abort();
     }
 }

@@ -72,14 +72,17 @@ where
     let mut last_inbound = Instant::now();
     let mut sweep = tokio::time::interval(Duration::from_secs(1));
     let end = loop {
-        let dead_at = last_inbound + ping_interval(config) + ctx.dead_margin;
+        let dead_at = later(
+            last_inbound,
+            ping_interval(config).saturating_add(ctx.dead_margin),
+        );
         tokio::select! {
             _ = shutdown.cancelled() => break SessionEnd::Shutdown,
             _ = tokio::time::sleep_until(next_ping) => {
                 if outbox.send(ping.clone()).await.is_err() {
                     break SessionEnd::Lost("the socket writer stopped".into());
                 }
-                next_ping = Instant::now() + ping_interval(config);
+                next_ping = later(Instant::now(), ping_interval(config));
             }
             _ = tokio::time::sleep_until(dead_at) => {
                 break SessionEnd::Lost(format!("no frame for {:?}: the connection is dead", ping_interval(config) + ctx.dead_margin));
@@ -117,6 +120,13 @@ where
     end
 }
 
+/// `at + wait`, or a day after `at` when that would overflow the clock. Settings are clamped
+/// when they arrive; this keeps the clock arithmetic safe whatever they hold.
+fn later(at: Instant, wait: Duration) -> Instant {
+    at.checked_add(wait)
+        .unwrap_or_else(|| at + Duration::from_secs(86_400))
+}
+
 fn on_frame(
     bytes: &[u8],
     ctx: &SessionContext,
@@ -133,17 +143,7 @@ fn on_frame(
         }
     };
     match frame.kind() {
-        Kind::Pong => {
-            if let Some(payload) = frame.payload.as_deref().filter(|p| !p.is_empty()) {
-                match serde_json::from_slice::<ClientConfig>(payload) {
-                    Ok(update) => {
-                        *config = config.merge(update);
-                        debug!(?config, "client config updated by pong");
-                    }
-                    Err(err) => warn!(error = %err, "pong carried an unreadable config"),
-                }
-            }
-        }
+        Kind::Pong => apply_pong(&frame, config),
         Kind::Event => {
             let message_id = frame.header("message_id").unwrap_or_default().to_owned();
             let trace_id = frame.header("trace_id").unwrap_or_default().to_owned();
@@ -170,6 +170,19 @@ fn on_frame(
         }
         Kind::Card => debug!("card frame ignored (no ack), as the SDKs do"),
         Kind::Ping | Kind::Other => {}
+    }
+}
+
+/// Takes the settings a pong carries, clamped to their ranges ([`ClientConfig::merge`]).
+fn apply_pong(frame: &Frame, config: &mut ClientConfig) {
+    if let Some(payload) = frame.payload.as_deref().filter(|p| !p.is_empty()) {
+        match serde_json::from_slice::<ClientConfig>(payload) {
+            Ok(update) => {
+                *config = config.merge(update);
+                debug!(?config, "client config updated by pong");
+            }
+            Err(err) => warn!(error = %err, "pong carried an unreadable config"),
+        }
     }
 }
 
@@ -215,4 +228,28 @@ async fn handle_event(
     let _ = outbox
         .send(Message::Binary(ack.encode_to_vec().into()))
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pong_with_the_largest_ping_interval_is_clamped_and_the_clock_holds() {
+        let mut pong = Frame::ping(1);
+        pong.headers = vec![crate::feishu::frame::Header {
+            key: "type".into(),
+            value: "pong".into(),
+        }];
+        pong.payload = Some(format!(r#"{{"PingInterval":{}}}"#, u64::MAX).into_bytes());
+        assert_eq!(pong.kind(), Kind::Pong);
+        let mut config = super::super::DEFAULT_CLIENT_CONFIG;
+        apply_pong(&pong, &mut config);
+        assert_eq!(config.ping_interval, Some(600));
+        // The arithmetic the session does with it, and with anything larger, does not panic.
+        let now = Instant::now();
+        let wait = Duration::from_secs(config.ping_interval.unwrap());
+        assert_eq!(later(now, wait), now + wait);
+        assert!(later(now, Duration::from_secs(u64::MAX)) > now);
+    }
 }

@@ -77,6 +77,11 @@ impl FakeGateway {
         Self { base_url, shared }
     }
 
+    /// The `ClientConfig` endpoint discovery hands out from now on.
+    pub fn set_client_config(&self, config: Value) {
+        *self.shared.client_config.lock().unwrap() = config;
+    }
+
     /// Endpoint discovery answers this code (0 = OK).
     pub fn set_endpoint_code(&self, code: i64) {
         self.shared.endpoint_code.store(code, Ordering::SeqCst);
@@ -286,6 +291,14 @@ pub fn event_frames(message_id: &str, payload: &[u8], sum: usize, seq_id: u64) -
             log_id_new: None,
         })
         .collect()
+}
+
+/// A pong carrying a `ClientConfig` update.
+pub fn pong_with_config(config: &Value) -> Frame {
+    let mut pong = Frame::ping(SERVICE_ID);
+    pong.headers = vec![header("type", "pong")];
+    pong.payload = Some(config.to_string().into_bytes());
+    pong
 }
 
 /// A control frame the client must ignore (a server-sent ping).
