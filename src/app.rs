@@ -119,14 +119,15 @@ impl App {
         let store: Arc<dyn Store> = Arc::new(store);
         let metrics = crate::metrics::Metrics::new();
         let cache = crate::cache::ProcessCache::new(config.get_process_cache);
-        let (ingest, writer) =
-            Ingest::start(store.clone(), config.writer, metrics.clone(), cache.clone());
-        let (reporter, health_service) = tonic_health::server::health_reporter();
-        let (readiness, health_task) = crate::health::start(
+        // `build` just connected and migrated: the database is up until a check says not.
+        let store_health = crate::health::StoreHealth::new();
+        store_health.set(true);
+        let (ingest, writer) = Ingest::start(
             store.clone(),
-            reporter,
-            config.health_interval,
-            shutdown.clone(),
+            config.writer,
+            metrics.clone(),
+            cache.clone(),
+            store_health.clone(),
         );
         let (hub, feed_task) = Hub::start(
             store.clone(),
@@ -171,8 +172,17 @@ impl App {
             }
             None => (None, None),
         };
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let health_task = crate::health::start(
+            store.clone(),
+            store_health.clone(),
+            worker_state.clone(),
+            reporter,
+            config.health_interval,
+            shutdown.clone(),
+        );
         let probes = crate::http::Probes {
-            database: readiness,
+            database: store_health.subscribe(),
             long_connection: worker_state,
         };
         let scrape = crate::http::Scrape {

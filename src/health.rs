@@ -1,8 +1,14 @@
-//! Health: a periodic database check that drives `grpc.health.v1` (SERVING / NOT_SERVING for
+//! Health: whether the database answers, driving `grpc.health.v1` (SERVING / NOT_SERVING for
 //! the whole server and for `processstate.v1.ProcessService`) and the HTTP `/readyz` answer.
+//!
+//! The checker pings the store every interval. The ingest writer may also mark the store down
+//! when a batch failed on a fresh connection too, so deliveries get their 503 at once instead
+//! of each waiting out its timeout; the next successful ping marks it up again. A stopped
+//! long-connection worker makes the replica NOT_SERVING as it makes `/readyz` 503.
 
 use crate::api::ProcessApi;
 use crate::api::pb::process_service_server::ProcessServiceServer;
+use crate::intake::longconn::WorkerState;
 use crate::store::Store;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,43 +20,96 @@ use tonic_health::server::HealthReporter;
 /// Whether the database answered the last check.
 pub type Readiness = watch::Receiver<bool>;
 
+/// What the service knows of the database right now, shared by the checker and the writer.
+#[derive(Debug, Clone)]
+pub struct StoreHealth {
+    up: Arc<watch::Sender<bool>>,
+}
+
+impl StoreHealth {
+    /// Unknown until the first check: counted as down, so nothing is promised before it.
+    pub fn new() -> Self {
+        Self {
+            up: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        *self.up.borrow()
+    }
+
+    /// Records the latest finding; true when it changed.
+    pub fn set(&self, up: bool) -> bool {
+        let changed = self.up.send_if_modified(|v| std::mem::replace(v, up) != up);
+        if changed && up {
+            tracing::info!("database reachable");
+        } else if changed {
+            tracing::warn!("database unreachable");
+        }
+        changed
+    }
+
+    pub fn subscribe(&self) -> Readiness {
+        self.up.subscribe()
+    }
+}
+
+impl Default for StoreHealth {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Starts the checker; it stops when `shutdown` fires, reporting NOT_SERVING on the way out so
 /// load balancers stop sending new calls during the drain.
 pub fn start(
     store: Arc<dyn Store>,
+    health: StoreHealth,
+    worker: Option<watch::Receiver<WorkerState>>,
     reporter: HealthReporter,
     interval: Duration,
     shutdown: CancellationToken,
-) -> (Readiness, tokio::task::JoinHandle<()>) {
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let handle = tokio::spawn(async move {
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut database = health.subscribe();
+        let mut worker = worker;
         let mut last = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = ticker.tick() => {}
-            }
-            let up = matches!(
-                tokio::time::timeout(interval.max(Duration::from_secs(1)), store.ping()).await,
-                Ok(Ok(()))
-            );
-            if last != Some(up) {
-                if up {
-                    tracing::info!("database reachable: serving");
-                } else {
-                    tracing::warn!("database unreachable: not serving");
+                _ = ticker.tick() => {
+                    health.set(ping(store.as_ref(), interval.max(Duration::from_secs(1))).await);
                 }
-                set(&reporter, up).await;
-                let _ = ready_tx.send(up);
-                last = Some(up);
+                _ = database.changed() => {}
+                Some(Ok(())) = async { match worker.as_mut() { Some(w) => Some(w.changed().await), None => None } } => {}
+            }
+            let stopped = worker
+                .as_ref()
+                .is_some_and(|w| matches!(*w.borrow(), WorkerState::Stopped { .. }));
+            let serving = *database.borrow_and_update() && !stopped;
+            if last != Some(serving) {
+                tracing::info!(serving, "health");
+                set(&reporter, serving).await;
+                last = Some(serving);
             }
         }
         set(&reporter, false).await;
-        let _ = ready_tx.send(false);
-    });
-    (ready_rx, handle)
+        health.set(false);
+    })
+}
+
+/// Whether the store answers within `timeout`. A failure is tried once more: the first
+/// attempt may have drawn a pooled connection that died (a restarted backend), which says
+/// nothing about the database itself.
+async fn ping(store: &dyn Store, timeout: Duration) -> bool {
+    for _ in 0..2 {
+        if let Ok(Ok(())) = tokio::time::timeout(timeout, store.ping()).await {
+            return true;
+        }
+    }
+    false
 }
 
 async fn set(reporter: &HealthReporter, up: bool) {

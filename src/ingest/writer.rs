@@ -9,6 +9,7 @@
 use super::gather::{Arrivals, Gather, gather};
 use crate::cache::ProcessCache;
 use crate::domain::Event;
+use crate::health::StoreHealth;
 use crate::metrics::Metrics;
 use crate::store::{Outcome, Store, StoreError};
 use std::sync::Arc;
@@ -27,6 +28,9 @@ pub struct WriterConfig {
     pub max_wait: Duration,
     /// Events that may wait for the writer before `submit` itself waits.
     pub queue: usize,
+    /// Longest one batch's transaction may take before its connection is given up on (a
+    /// half-open connection would otherwise hold the writer until TCP gives up, minutes).
+    pub commit_timeout: Duration,
 }
 
 impl Default for WriterConfig {
@@ -35,6 +39,7 @@ impl Default for WriterConfig {
             max_batch: 256,
             max_wait: Duration::from_millis(1),
             queue: 4096,
+            commit_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -60,6 +65,7 @@ struct Job {
 pub struct Ingest {
     queue: mpsc::Sender<Job>,
     arrivals: Arc<Arrivals>,
+    health: StoreHealth,
 }
 
 /// A delivery being decoded: while it lives, the batch being gathered waits for it (up to the
@@ -79,6 +85,11 @@ impl Announced {
     /// Stores the announced delivery's event; returns once its transaction committed (or
     /// failed).
     pub async fn submit(self, event: Event) -> Result<Outcome, IngestError> {
+        // Known down (the last health check, or a batch that failed on a fresh connection
+        // too): answer at once, so Feishu's 3 s budget is not spent waiting for a timeout.
+        if !self.ingest.health.is_up() {
+            return Err(IngestError::Unavailable);
+        }
         let (reply, answer) = oneshot::channel();
         let queued = self.ingest.queue.send(Job { event, reply }).await;
         drop(self);
@@ -103,16 +114,26 @@ impl Ingest {
         config: WriterConfig,
         metrics: Arc<Metrics>,
         cache: ProcessCache,
+        health: StoreHealth,
     ) -> (Self, JoinHandle<()>) {
         let (queue, jobs) = mpsc::channel(config.queue.max(1));
         let writer = Writer {
             store,
             metrics,
             cache,
+            health: health.clone(),
+            timeout: config.commit_timeout,
         };
         let arrivals = Arc::new(Arrivals::default());
         let handle = tokio::spawn(writer.run(jobs, arrivals.clone(), config));
-        (Self { queue, arrivals }, handle)
+        (
+            Self {
+                queue,
+                arrivals,
+                health,
+            },
+            handle,
+        )
     }
 
     /// Announces a delivery as soon as it arrives, before it is decoded, so the batch being
@@ -125,11 +146,17 @@ impl Ingest {
     }
 }
 
+/// Further attempts of a batch whose connection broke, before its deliveries get 503.
+const RETRIES_ON_BROKEN_CONNECTION: usize = 3;
+
 struct Writer {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     /// Told of every committed change before the delivery is acknowledged.
     cache: ProcessCache,
+    /// Marked down when a batch fails on a fresh connection too.
+    health: StoreHealth,
+    timeout: Duration,
 }
 
 impl Writer {
@@ -172,14 +199,34 @@ impl Writer {
         }
     }
 
+    /// One transaction, bounded by the commit timeout (a timeout counts as unavailable).
+    async fn ingest(&self, events: &[Event]) -> Result<Vec<Outcome>, StoreError> {
+        match tokio::time::timeout(self.timeout, self.store.ingest(events)).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
+        }
+    }
+
     async fn commit(
         &self,
         events: Vec<Event>,
         replies: Vec<oneshot::Sender<Result<Outcome, IngestError>>>,
     ) {
-        let store = self.store.as_ref();
         let started = Instant::now();
-        match store.ingest(&events).await {
+        let mut result = self.ingest(&events).await;
+        // A connection that died under this batch (a restarted backend, a dropped socket) is
+        // closed by the pool; the other idle ones may be dead too. Try again while the failure
+        // was a connection's, not the pool's: a pool timeout means no connection can be had.
+        for _ in 0..RETRIES_ON_BROKEN_CONNECTION {
+            match &result {
+                Err(StoreError::Unavailable(err)) if !matches!(err, sqlx::Error::PoolTimedOut) => {
+                    warn!(error = %err, "batch failed on a broken connection; retrying it");
+                    result = self.ingest(&events).await;
+                }
+                _ => break,
+            }
+        }
+        match result {
             Ok(outcomes) => {
                 self.forget(&events, &outcomes);
                 tracing::debug!(
@@ -188,6 +235,13 @@ impl Writer {
                 );
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(err @ StoreError::Unavailable(_)) => {
+                warn!(error = %err, events = events.len(), "store unavailable; the batch's deliveries get 503 and are redelivered");
+                self.health.set(false);
+                for reply in replies {
+                    let _ = reply.send(Err(IngestError::Unavailable));
                 }
             }
             Err(err) if events.len() == 1 => {
@@ -200,7 +254,7 @@ impl Writer {
             Err(err) => {
                 warn!(error = %err, "batch failed; retrying its events one by one");
                 for (event, reply) in events.into_iter().zip(replies) {
-                    let result = match store.ingest(std::slice::from_ref(&event)).await {
+                    let result = match self.ingest(std::slice::from_ref(&event)).await {
                         Ok(mut outcomes) => {
                             self.forget(std::slice::from_ref(&event), &outcomes);
                             outcomes.pop().ok_or(IngestError::Failed)

@@ -128,7 +128,15 @@ async fn a_poison_event_fails_alone_and_its_batch_neighbours_are_stored() {
         max_wait: Duration::from_secs(30),
         ..WriterConfig::default()
     };
-    let (ingest, writer) = Ingest::start(store, config, metrics.clone(), ProcessCache::new(64));
+    let health = process_state::health::StoreHealth::new();
+    health.set(true);
+    let (ingest, writer) = Ingest::start(
+        store,
+        config,
+        metrics.clone(),
+        ProcessCache::new(64),
+        health,
+    );
 
     let mut seen = std::collections::HashSet::new();
     let mut events: Vec<Event> = stream(4)

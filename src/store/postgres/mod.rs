@@ -20,6 +20,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// Name of the NOTIFY channel that rings after each commit that produced revisions.
 pub const NOTIFY_CHANNEL: &str = "process_state_changes";
 
+/// Longest any one statement may run (pruning a large log included).
+const STATEMENT_TIMEOUT: &str = "30s";
+
 /// A pooled connection idle this long is pinged before it is handed out.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
@@ -38,8 +41,18 @@ impl PgStore {
         acquire_timeout: Duration,
     ) -> Result<Self, StoreError> {
         // JIT compilation costs tens of milliseconds and only pays off for long analytical
-        // queries; every statement here is short.
-        let options = options.options([("jit", "off")]);
+        // queries; every statement here is short. No statement may run longer than
+        // `STATEMENT_TIMEOUT` nor a transaction sit idle (a client that went away mid-read),
+        // and the server probes idle sockets, so a dead client's backend and locks are freed.
+        // (sqlx has no client-side keepalive; the writer bounds each commit instead.)
+        let options = options.options([
+            ("jit", "off"),
+            ("statement_timeout", STATEMENT_TIMEOUT),
+            ("idle_in_transaction_session_timeout", "60s"),
+            ("tcp_keepalives_idle", "30"),
+            ("tcp_keepalives_interval", "10"),
+            ("tcp_keepalives_count", "3"),
+        ]);
         // One direct connection first: a pool only reports "timed out", this reports why.
         PgConnection::connect_with(&options).await?.close().await?;
         let pool = PgPoolOptions::new()
