@@ -43,7 +43,27 @@ pub struct Envelope {
     pub json: Value,
 }
 
+/// What a stored payload holds in place of the Verification Token.
+pub const REDACTED_TOKEN: &str = "[redacted]";
+
 impl Envelope {
+    /// The JSON without the Verification Token (invariant 8): `header.token` (v2) or `token`
+    /// (v1), when present, is replaced by [`REDACTED_TOKEN`], which marks that it was there.
+    /// A webhook event is only accepted when its token matched the configured one.
+    pub fn redacted_json(mut self) -> Value {
+        let holder = match self.schema {
+            Schema::V2 => self.json.get_mut("header"),
+            Schema::V1 => Some(&mut self.json),
+        };
+        if let Some(token) = holder
+            .and_then(Value::as_object_mut)
+            .and_then(|o| o.get_mut("token"))
+        {
+            *token = Value::String(REDACTED_TOKEN.into());
+        }
+        self.json
+    }
+
     /// The `event` object (empty when absent or not an object).
     pub fn event(&self) -> &Map<String, Value> {
         static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
@@ -145,8 +165,11 @@ pub fn payload(json: Value) -> Result<Payload, ParseError> {
 
 /// A non-empty string field; numbers are accepted as their decimal text (ids are strings on
 /// the wire, but a lenient reader loses nothing by taking a number).
+/// U+0000 in a string becomes U+FFFD: Postgres text cannot hold it, and an authentic event
+/// must be storable whatever its strings hold. The inbox keeps the exact JSON.
 pub fn text(obj: &Map<String, Value>, key: &str) -> Option<String> {
     match obj.get(key)? {
+        Value::String(s) if s.contains('\0') => Some(s.replace('\0', "\u{FFFD}")),
         Value::String(s) if !s.is_empty() => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,

@@ -34,9 +34,9 @@ pub fn normalize(envelope: Envelope, source: EventSource) -> Event {
         event_id,
         event_type,
         create_time: envelope.create_time.unwrap_or(0),
-        tenant_key: envelope.tenant_key,
-        app_id: envelope.app_id,
-        payload: envelope.json,
+        tenant_key: envelope.tenant_key.clone(),
+        app_id: envelope.app_id.clone(),
+        payload: envelope.redacted_json(),
         source,
         update,
     }

@@ -4,7 +4,7 @@
 
 mod postgres;
 
-pub use postgres::PgStore;
+pub use postgres::{MIGRATOR, PgStore};
 
 use crate::domain::{
     ChangeSet, Event, Process, ProcessDetail, ProcessStatus, Task, TaskStatus, TaskType,

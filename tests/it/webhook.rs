@@ -336,7 +336,146 @@ async fn unknown_event_types_are_kept_and_acked() {
             .await
             .unwrap();
     assert_eq!(stored.0, "corehr.process_comment_info.updated_v2");
-    assert_eq!(stored.1, event);
+    let mut kept = event.clone();
+    kept["header"]["token"] = json!("[redacted]");
+    assert_eq!(stored.1, kept, "kept whole, but for the Verification Token");
     assert_eq!(counts(&pool).await.revision, 0);
+    app.stop().await;
+}
+
+/// Invariant 8: the Verification Token of every accepted event (v2 `header.token`, v1
+/// `token`, both paths' shapes) is in no stored row of any table.
+#[tokio::test]
+async fn no_stored_row_holds_the_verification_token() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(config(&db)).await;
+    let (body, headers) = signed_vector();
+    assert_eq!(app.post(body, &header_refs(&headers)).await.0, 200);
+    for (n, event_type) in [
+        "corehr.process.status.update_v2",
+        "corehr.process.approver.updated_v2",
+        "x.unknown_v2",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let event = event_of(
+            &format!("tok-{n}"),
+            event_type,
+            json!({"process_id": "55", "approver_id": "a", "status": 2}),
+        );
+        assert_eq!(app.deliver(&event).await.0, 200);
+    }
+    let v1 = json!({"uuid": "v1-tok", "token": VERIFICATION_TOKEN, "ts": "1603977298.000001",
+                    "type": "event_callback", "event": {"type": "approval", "app_id": "a", "tenant_key": "t"}});
+    assert_eq!(app.deliver(&v1).await.0, 200);
+    let pool = db.pool().await;
+    assert_eq!(counts(&pool).await.inbox, 5);
+    let redacted: i64 = sqlx::query_scalar(
+        "select count(*) from inbox where payload::text like '%\"[redacted]\"%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(redacted, 5, "each row marks that its token was there");
+    for table in [
+        "inbox",
+        "processes",
+        "nodes",
+        "tasks",
+        "cc_tasks",
+        "changes",
+    ] {
+        let holding: i64 = sqlx::query_scalar(&format!(
+            "select count(*) from {table} r where r::text like '%' || $1 || '%'"
+        ))
+        .bind(VERIFICATION_TOKEN)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(holding, 0, "{table} holds the token");
+    }
+    app.stop().await;
+}
+
+/// Rows stored before the redaction existed are scrubbed by the migration that introduced it.
+#[tokio::test]
+async fn the_migration_scrubs_tokens_stored_before_it() {
+    let db = TestDb::new().await;
+    let all = &process_state::store::MIGRATOR;
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(all.migrations.iter().take(4).cloned().collect()),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    let pool = db.pool().await;
+    before.run(&pool).await.unwrap();
+    for (id, payload) in [
+        ("old-v2", event_of("old-v2", "x.unknown_v2", json!({}))),
+        (
+            "old-v1",
+            json!({"uuid": "old-v1", "token": VERIFICATION_TOKEN, "type": "event_callback"}),
+        ),
+    ] {
+        sqlx::query("insert into inbox (event_id, event_type, source, create_time, payload) values ($1, 'x', 'webhook', 0, $2)")
+            .bind(id)
+            .bind(payload)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+    let app = TestApp::spawn(config(&db)).await;
+    let pool = db.pool().await;
+    let rows: Vec<(String, Value)> =
+        sqlx::query_as("select event_id, payload from inbox order by event_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].1["token"], "[redacted]");
+    assert_eq!(rows[1].1["header"]["token"], "[redacted]");
+    assert!(!format!("{rows:?}").contains(VERIFICATION_TOKEN));
+    app.stop().await;
+}
+
+/// Invariant 13: a signed event whose strings hold U+0000 (in `biz_type` and in a field we do
+/// not model) is acked and stored: the inbox keeps the exact JSON, the state gets U+FFFD.
+#[tokio::test]
+async fn an_event_with_nul_in_its_strings_is_stored() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(config(&db)).await;
+    let event = event_of(
+        "nul-1",
+        "corehr.process.status.update_v2",
+        json!({"process_id": "66", "status": 1, "biz_type": "leave\u{0}x", "extra": {"note": "a\u{0}b"}}),
+    );
+    let (status, text) = app.deliver(&event).await;
+    assert_eq!(status, 200, "{text}");
+    let pool = db.pool().await;
+    let exact: String =
+        sqlx::query_scalar("select payload::text from inbox where event_id = 'nul-1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(
+        exact.contains(r#""leave\u0000x""#) && exact.contains(r#""a\u0000b""#),
+        "{exact}"
+    );
+    let process = app
+        .api()
+        .await
+        .get_process(GetProcessRequest {
+            process_id: "66".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the process is readable")
+        .into_inner()
+        .process
+        .unwrap();
+    assert_eq!(process.biz_type, "leave\u{FFFD}x");
+    // A redelivery is still a duplicate: the stored id and the delivered one agree.
+    assert_eq!(app.deliver(&event).await.0, 200);
+    assert_eq!(counts(&pool).await.inbox, 1);
     app.stop().await;
 }

@@ -63,8 +63,9 @@ async fn insert_and_read(tx: &mut PgConnection, events: &[Event]) -> Result<Read
     let (revision, now, stored, p, n, t, c): ReadRow = sqlx::query_as(
         "with ins as (
            insert into inbox (event_id, event_type, source, create_time, tenant_key, app_id, payload)
-           select * from unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[],
-                                $6::text[], $7::jsonb[])
+           select i, t, s, c, k, a, p::json
+           from unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
+                       $7::text[]) as u(i, t, s, c, k, a, p)
            on conflict (event_id) do nothing
            returning event_id)
          select (select revision from revision_counter), now(),
@@ -80,7 +81,8 @@ async fn insert_and_read(tx: &mut PgConnection, events: &[Event]) -> Result<Read
     .bind(firsts.iter().map(|&i| events[i].create_time).collect::<Vec<_>>())
     .bind(opt(|e| e.tenant_key.clone()))
     .bind(opt(|e| e.app_id.clone()))
-    .bind(firsts.iter().map(|&i| &events[i].payload).collect::<Vec<_>>())
+    // As JSON text into a `json` column: exact, `\u0000` escapes included (jsonb refuses them).
+    .bind(firsts.iter().map(|&i| events[i].payload.to_string()).collect::<Vec<_>>())
     .bind(&processes)
     .bind(&nodes)
     .bind(&tasks)
