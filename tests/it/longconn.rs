@@ -399,3 +399,30 @@ async fn a_huge_ping_interval_from_the_endpoint_or_a_pong_is_clamped() {
     );
     app.stop().await;
 }
+
+/// An event frame whose `message_id` is longer than 128 bytes is malformed: skipped, not
+/// stored, not acked (an 8 MB id per chunk took the service from 10 MB to 444 MB). The next
+/// good frame on the same connection is stored and acked.
+#[tokio::test]
+async fn an_over_long_message_id_is_refused() {
+    let db = TestDb::new().await;
+    let gateway = FakeGateway::start().await;
+    let app = spawn(&db, &gateway).await;
+    gateway.wait_connections(1).await;
+    let long_id = "m".repeat(64 * 1024);
+    for frame in event_frames(&long_id, &event("e-long", "555", 1), 2, 1) {
+        gateway.send(&frame).await;
+    }
+    let whole = &event_frames(&"w".repeat(129), &event("e-long-whole", "555", 1), 1, 3)[0];
+    gateway.send(whole).await;
+    deliver_and_expect_ack(&gateway, "e-short", "556").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        gateway.acks().await.len(),
+        1,
+        "only the good frame is acked"
+    );
+    let c = counts(&db.pool().await).await;
+    assert_eq!(c.inbox, 1);
+    app.stop().await;
+}

@@ -1,12 +1,26 @@
 //! Reassembly of events Feishu splits into chunks (feishu-protocol.md §2.7): chunks share a
 //! `message_id`, carry `sum` and a 0-based `seq`, and may arrive in any order.
 //!
-//! Everything is bounded (chunks per message, bytes per message, messages in flight) and an
+//! Everything is bounded (chunks per message, bytes per message with its id, messages in
+//! flight; ids are at most [`MAX_ID_LEN`] bytes, checked by the session) and an
 //! incomplete message expires after a TTL refreshed by each chunk, as in the SDKs. A dropped
 //! message is not lost: Feishu redelivers what was never acked.
 
 use std::collections::HashMap;
 use tokio::time::{Duration, Instant};
+
+/// Longest `message_id` (or other header value) that is kept or logged. Feishu's ids are
+/// short; a longer one makes the frame malformed.
+pub const MAX_ID_LEN: usize = 128;
+
+/// `s` cut to at most `max` bytes on a character boundary, for logs.
+pub fn truncated(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
 
 /// Reassembly bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +110,8 @@ impl Reassembler {
             .or_insert_with(|| Partial {
                 parts: vec![None; sum],
                 received: 0,
-                bytes: 0,
+                // The key is held as long as the parts: it counts against the same budget.
+                bytes: message_id.len(),
                 expires: now + limits.ttl,
             });
         if entry.parts.len() != sum {
@@ -221,6 +236,15 @@ mod tests {
             "too many bytes"
         );
         assert_eq!(r.in_flight(), 0);
+        assert!(
+            matches!(
+                r.push("eight-by", Some("2"), Some("0"), vec![0; 3]),
+                Assembled::Refused(_)
+            ),
+            "the id counts against the byte budget"
+        );
+        assert_eq!(truncated("ab\u{e9}cd", 3), "ab");
+        assert_eq!(truncated("abc", 128), "abc");
         assert_eq!(
             r.push("a", Some("2"), Some("0"), vec![]),
             Assembled::Pending

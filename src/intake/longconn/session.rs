@@ -2,7 +2,7 @@
 //! configs, reassemble and ingest events, ack each only after its commit, and declare the
 //! connection dead when nothing arrives within the ping interval plus a margin.
 
-use super::chunks::{Assembled, ChunkLimits, Reassembler};
+use super::chunks::{Assembled, ChunkLimits, MAX_ID_LEN, Reassembler, truncated};
 use crate::domain::EventSource;
 use crate::feishu::envelope::{self, Payload};
 use crate::feishu::frame::{ClientConfig, Frame, Kind};
@@ -145,8 +145,20 @@ fn on_frame(
     match frame.kind() {
         Kind::Pong => apply_pong(&frame, config),
         Kind::Event => {
-            let message_id = frame.header("message_id").unwrap_or_default().to_owned();
-            let trace_id = frame.header("trace_id").unwrap_or_default().to_owned();
+            let (message_id, trace_id) = (
+                frame.header("message_id").unwrap_or_default(),
+                frame.header("trace_id").unwrap_or_default(),
+            );
+            if message_id.len() > MAX_ID_LEN || trace_id.len() > MAX_ID_LEN {
+                warn!(
+                    message_id = truncated(message_id, MAX_ID_LEN),
+                    message_id_len = message_id.len(),
+                    trace_id_len = trace_id.len(),
+                    "event frame with an over-long id skipped as malformed (not acked)"
+                );
+                return;
+            }
+            let (message_id, trace_id) = (message_id.to_owned(), trace_id.to_owned());
             let payload = frame.payload.clone().unwrap_or_default();
             match chunks.push(
                 &message_id,
