@@ -38,7 +38,28 @@ try {
   let navigations = 0;
   // Full page loads only: dropping the #token fragment is a same-document navigation.
   page.on("load", () => { navigations += 1; });
-  await page.goto(TOKEN ? `${DASHBOARD_URL}#token=${TOKEN}` : DASHBOARD_URL);
+  const loaded = await page.goto(TOKEN ? `${DASHBOARD_URL}#token=${TOKEN}` : DASHBOARD_URL);
+  const headers = loaded.headers();
+  const want = {
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+  };
+  for (const [name, value] of Object.entries(want)) {
+    if (headers[name] !== value) throw new Error(`${name}: ${headers[name]}, want ${value}`);
+  }
+  if (!/frame-ancestors 'none'/.test(headers["content-security-policy"] ?? "")) {
+    throw new Error(`CSP without frame-ancestors 'none': ${headers["content-security-policy"]}`);
+  }
+  // And the browser enforces it: a page of another origin cannot show the dashboard in a frame.
+  const framer = await browser.newPage();
+  await framer.setContent(`<iframe id="f" src="${DASHBOARD_URL}"></iframe>`);
+  await framer.waitForTimeout(1000);
+  const framed = framer.frames().find((f) => f.url().startsWith(DASHBOARD_URL));
+  const framedTitle = framed ? await framed.title().catch(() => "") : "";
+  if (framedTitle) throw new Error(`the dashboard rendered inside another page's frame ("${framedTitle}")`);
+  await framer.close();
+  console.log("dashboard: frame-ancestors, X-Frame-Options, nosniff and no-referrer set; framing blocked");
   await page.locator("#state.live").waitFor({ timeout: 15000 });
 
   await post(event(`bt-${processId}-1`, 1, 1719391068000));

@@ -254,6 +254,12 @@ async fn no_method_or_framing_skips_the_token() {
             .await
             .unwrap();
         assert_eq!(response.status(), 200, "{method} {path}");
+        let h = response.headers();
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
     }
     let response = clients[0]
         .1
