@@ -159,6 +159,9 @@ impl App {
             ingest_timeout: config.ingest_timeout,
             body_limit: config.body_limit,
             metrics: metrics.clone(),
+            refusals: Arc::new(crate::telemetry::LogThrottle::new(
+                crate::intake::webhook::REFUSAL_LOG_INTERVAL,
+            )),
         };
         let (worker_state, worker) = match config.long_connection.clone() {
             Some(worker_config) => {

@@ -479,3 +479,48 @@ async fn an_event_with_nul_in_its_strings_is_stored() {
     assert_eq!(counts(&pool).await.inbox, 1);
     app.stop().await;
 }
+
+/// A writer that keeps what is logged.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// 300 unsigned requests are 300 counted refusals but one log line, not 300 (an attacker
+/// filled the disk with them).
+#[tokio::test]
+async fn refusals_are_counted_exactly_and_logged_once_per_interval() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    // This runtime has one thread, so every task of the service logs through this subscriber.
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(config(&db)).await;
+    for n in 0..300 {
+        let body = json!({"schema": "2.0", "header": {"event_id": format!("u-{n}")}, "event": {}});
+        assert_eq!(app.post(body.to_string(), &[]).await.0, 401);
+    }
+    let scrape = crate::metrics::scrape(&app).await;
+    let unsigned = [("reason", "unsigned")];
+    assert_eq!(
+        crate::metrics::value(&scrape, "process_state_webhook_rejected_total", &unsigned),
+        300.0
+    );
+    app.stop().await;
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    assert!(logs.contains("serving"), "the capture works: {logs}");
+    let lines = logs.lines().filter(|l| l.contains("rejected")).count();
+    assert_eq!(lines, 1, "{logs}");
+}

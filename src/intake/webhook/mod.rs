@@ -33,7 +33,12 @@ pub struct WebhookState {
     pub ingest_timeout: Duration,
     pub body_limit: usize,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Refusals are logged at most once per reason per interval.
+    pub refusals: Arc<crate::telemetry::LogThrottle>,
 }
+
+/// How often each kind of refused request may be logged.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The webhook route with its body limit.
 pub fn router(state: WebhookState) -> Router {
@@ -93,7 +98,7 @@ async fn respond(
             return reply(StatusCode::OK, json!({ "challenge": challenge }));
         }
         Ok(Accepted::Event(envelope)) => envelope,
-        Err(rejection) => return rejected(rejection, &state.metrics),
+        Err(rejection) => return rejected(rejection, state),
     };
     let event = normalize(envelope, EventSource::Webhook);
     let (event_id, event_type) = (event.event_id.clone(), event.event_type.clone());
@@ -142,30 +147,27 @@ fn reason(reason: &str) -> crate::metrics::ReasonLabels {
     }
 }
 
-fn rejected(rejection: Rejection, metrics: &crate::metrics::Metrics) -> Response {
+fn rejected(rejection: Rejection, state: &WebhookState) -> Response {
     let why = match &rejection {
         Rejection::Malformed(_) => "malformed",
         Rejection::Unauthorized(_) => "unauthorized",
         Rejection::Unsigned => "unsigned",
     };
-    metrics.webhook_rejected.get_or_create(&reason(why)).inc();
-    match rejection {
-        Rejection::Malformed(msg) => {
-            info!(reason = %msg, "webhook request rejected as malformed");
-            reply(StatusCode::BAD_REQUEST, json!({ "msg": msg }))
-        }
-        Rejection::Unauthorized(msg) => {
-            info!(reason = msg, "webhook request rejected as unauthorized");
-            reply(StatusCode::UNAUTHORIZED, json!({ "msg": msg }))
-        }
-        Rejection::Unsigned => {
-            info!("unsigned webhook request rejected");
-            reply(
-                StatusCode::UNAUTHORIZED,
-                json!({ "msg": "request is not signed" }),
-            )
-        }
+    state
+        .metrics
+        .webhook_rejected
+        .get_or_create(&reason(why))
+        .inc();
+    let (status, msg) = match rejection {
+        Rejection::Malformed(msg) => (StatusCode::BAD_REQUEST, msg),
+        Rejection::Unauthorized(msg) => (StatusCode::UNAUTHORIZED, msg.to_owned()),
+        Rejection::Unsigned => (StatusCode::UNAUTHORIZED, "request is not signed".to_owned()),
+    };
+    // Anyone can send these: one line per reason per interval, with how many were not logged.
+    if let Some(suppressed) = state.refusals.allow(why) {
+        info!(reason = why, detail = %msg, suppressed, "webhook request rejected");
     }
+    reply(status, json!({ "msg": msg }))
 }
 
 fn unavailable() -> Response {
