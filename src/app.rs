@@ -11,7 +11,7 @@ use crate::ingest::Ingest;
 use crate::intake::webhook::{WebhookState, auth::WebhookAuth};
 use crate::reload::Reloadable;
 use crate::store::{PgStore, Retention, Store, StoreError};
-use crate::tls::{Accepted, SharedTls};
+use crate::tls::SharedTls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,26 +200,15 @@ impl App {
             metrics.clone(),
             shutdown.clone(),
         );
-        let http_router = crate::http::router(webhook, probes, scrape);
+        let http_router = crate::http::router(webhook, probes, scrape).layer(
+            tower_http::timeout::RequestBodyTimeoutLayer::new(config.listener.body_read_timeout),
+        );
         let http_shutdown = shutdown.clone();
         let http_tls = files.tls.clone().filter(|_| config.http_tls);
-        let http_local = http.local_addr().map_err(|source| AppError::Bind {
-            what: "HTTP",
-            addr: config.http_addr,
-            source,
-        })?;
-        let http = Accepted {
-            rx: crate::tls::accept(http, http_tls, shutdown.clone()),
-            local: http_local,
-        };
+        let http_accepted = crate::tls::accept(http, http_tls, shutdown.clone());
         let http_server = tokio::spawn(async move {
-            axum::serve(http, http_router)
-                .with_graceful_shutdown(http_shutdown.cancelled_owned())
-                .await
-                .map_err(|e| AppError::Serve {
-                    what: "HTTP",
-                    message: e.to_string(),
-                })
+            crate::serve::serve(http_accepted, http_router, config.listener, http_shutdown).await;
+            Ok::<(), AppError>(())
         });
 
         let reflection = |builder: tonic_reflection::server::Builder<'static>| {
@@ -260,6 +249,8 @@ impl App {
             // Keepalive pings keep idle watch streams open through proxies and find dead peers.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // A bound on what one connection can hold (10,000 watch streams were accepted).
+            .max_concurrent_streams(Some(config.listener.max_concurrent_streams))
             // NOT_FOUND and friends are answers, not server failures: debug level only.
             .layer(
                 tower_http::trace::TraceLayer::new_for_grpc()

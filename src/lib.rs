@@ -16,7 +16,8 @@
 //! - [`store`]: the [`store::Store`] interface and its Postgres implementation.
 //! - [`api`]: the gRPC service, protobuf conversions and error mapping.
 //! - [`health`], [`http`], [`metrics`], [`telemetry`]: probes, the HTTP router, metrics, logging.
-//! - [`tls`], [`auth`], [`reload`]: TLS listeners, gRPC caller tokens, and reloading both.
+//! - [`tls`], [`serve`], [`auth`], [`reload`]: TLS listeners, bounded HTTP serving, gRPC
+//!   caller tokens, and reloading both.
 //! - [`dashboard`]: the embedded live dashboard, served on the gRPC listener.
 //! - [`simulate`]: a Feishu stand-in that sends realistic event sequences to a webhook.
 //! - [`bench`]: load runs against real replicas that print numbers.
@@ -36,6 +37,7 @@ pub mod ingest;
 pub mod intake;
 pub mod metrics;
 pub mod reload;
+pub mod serve;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;

@@ -26,6 +26,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => {
             let (config, _) = Config::load(*args)?;
+            process_state::serve::raise_fd_limit();
             let app = App::build(config).await?;
             let shutdown = CancellationToken::new();
             tokio::spawn(signal(shutdown.clone()));

@@ -240,27 +240,3 @@ pub fn accept(
     });
     rx
 }
-
-/// Accepted connections as an axum listener.
-#[derive(Debug)]
-pub struct Accepted {
-    pub rx: mpsc::Receiver<(Conn, SocketAddr)>,
-    pub local: SocketAddr,
-}
-
-impl axum::serve::Listener for Accepted {
-    type Io = Conn;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Conn, SocketAddr) {
-        match self.rx.recv().await {
-            Some(accepted) => accepted,
-            // The accept loop stopped at shutdown; graceful shutdown ends the server.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
-}

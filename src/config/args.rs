@@ -171,6 +171,23 @@ pub struct Settings {
     /// Processes the GetProcess cache keeps; 0 turns it off [default: 10000].
     #[arg(long, env = "PROCESS_STATE_GET_PROCESS_CACHE")]
     pub get_process_cache: Option<usize>,
+    /// Most open connections on the HTTP listener; at the cap the longest-idle one is closed
+    /// for a new one [default: 1024].
+    #[arg(long, env = "PROCESS_STATE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// HTTP/2 streams one connection may have open at once, on both listeners [default: 1024].
+    #[arg(long, env = "PROCESS_STATE_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+    /// A request's headers must arrive within this many ms on the HTTP listener [default: 5000].
+    #[arg(long, env = "PROCESS_STATE_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// A request body must arrive within this many ms on the HTTP listener [default: 10000].
+    #[arg(long, env = "PROCESS_STATE_BODY_READ_TIMEOUT_MS")]
+    pub body_read_timeout_ms: Option<u64>,
+    /// An HTTP connection with no request in flight is closed after this many ms
+    /// [default: 60000].
+    #[arg(long, env = "PROCESS_STATE_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
 }
 
 /// Settings whose values are never printed.
@@ -210,6 +227,11 @@ impl Settings {
             auth_open_reflection: Some(false),
             reload_poll_ms: Some(5000),
             get_process_cache: Some(10_000),
+            max_connections: Some(1024),
+            max_concurrent_streams: Some(1024),
+            header_read_timeout_ms: Some(5000),
+            body_read_timeout_ms: Some(10_000),
+            idle_timeout_ms: Some(60_000),
         }
     }
 

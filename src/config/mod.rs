@@ -74,6 +74,8 @@ pub struct Config {
     pub reload_poll: Duration,
     /// Processes the GetProcess cache holds; 0 turns it off.
     pub get_process_cache: usize,
+    /// What one peer may hold on the listeners (HTTP/2 streams on both).
+    pub listener: crate::serve::ListenerLimits,
 }
 
 /// Where the TLS material lives; read at start and on every reload.
@@ -124,6 +126,7 @@ impl Config {
             auth: None,
             reload_poll: Duration::from_secs(5),
             get_process_cache: 10_000,
+            listener: crate::serve::ListenerLimits::default(),
         }
     }
 }
@@ -163,6 +166,7 @@ impl std::fmt::Debug for Config {
             .field("auth", &self.auth)
             .field("reload_poll", &self.reload_poll)
             .field("get_process_cache", &self.get_process_cache)
+            .field("listener", &self.listener)
             .finish()
     }
 }
@@ -351,6 +355,13 @@ impl TryFrom<Settings> for Config {
         });
         config.reload_poll = ms(s.reload_poll_ms, "reload_poll_ms")?;
         config.get_process_cache = required(s.get_process_cache, "get_process_cache")?;
+        config.listener = crate::serve::ListenerLimits {
+            max_connections: positive(s.max_connections, "max_connections")?,
+            max_concurrent_streams: positive(s.max_concurrent_streams, "max_concurrent_streams")?,
+            header_read_timeout: ms(s.header_read_timeout_ms, "header_read_timeout_ms")?,
+            body_read_timeout: ms(s.body_read_timeout_ms, "body_read_timeout_ms")?,
+            idle_timeout: ms(s.idle_timeout_ms, "idle_timeout_ms")?,
+        };
         Ok(config)
     }
 }

@@ -13,6 +13,7 @@ mod cli;
 mod grpc;
 mod grpc_web;
 mod grpcurl;
+mod limits;
 mod longconn;
 mod metrics;
 mod ordering;
