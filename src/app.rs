@@ -288,6 +288,7 @@ impl App {
             "serving"
         );
 
+        let cut = [http_server.abort_handle(), grpc_server.abort_handle()];
         let servers = async {
             let (h, g) = tokio::join!(http_server, grpc_server);
             for joined in [h, g] {
@@ -302,7 +303,12 @@ impl App {
         let result = tokio::select! {
             result = &mut servers => result,
             _ = async { shutdown.cancelled().await; tokio::time::sleep(config.shutdown_grace).await } => {
-                warn!(grace = ?config.shutdown_grace, "graceful shutdown took too long; cutting open connections");
+                // Aborting the HTTP server drops its connections, and with them every handle
+                // on the writer that a half-sent request still held.
+                warn!(grace = ?config.shutdown_grace, "requests still open after the shutdown grace; cutting their connections");
+                for server in cut {
+                    server.abort();
+                }
                 Ok(())
             }
         };
@@ -318,11 +324,13 @@ impl App {
         }
         drop(ingest);
         let _ = tokio::join!(health_task, feed_task, pruner, reloader);
-        if tokio::time::timeout(config.shutdown_grace, writer)
-            .await
-            .is_err()
-        {
-            warn!("ingest writer did not finish its last batch in time");
+        // The writer commits what it had queued; each commit is bounded, and so is the drain.
+        let drain = config.writer.commit_timeout;
+        if tokio::time::timeout(drain, writer).await.is_err() {
+            warn!(
+                ?drain,
+                "the ingest writer was still committing; the events it had not committed were never acknowledged, so Feishu redelivers them"
+            );
         }
         info!("stopped");
         result

@@ -110,7 +110,8 @@ impl Registry {
 }
 
 /// Serves `router` on the accepted connections until `shutdown`, then closes every connection
-/// gracefully and returns once they are gone (the caller bounds that wait).
+/// gracefully and returns once they are gone. The caller bounds that wait by dropping this
+/// future, which aborts the connections still open.
 pub async fn serve(
     mut accepted: mpsc::Receiver<(Conn, SocketAddr)>,
     router: axum::Router,
@@ -135,10 +136,13 @@ pub async fn serve(
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
-    let connections = tokio_util::task::TaskTracker::new();
+    // Owned here: when this future is dropped (the app's shutdown grace ran out), every
+    // connection task is aborted with it.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (conn, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             next = accepted.recv() => match next {
                 Some(next) => next,
                 None => break,
@@ -163,8 +167,7 @@ pub async fn serve(
             debug!(%peer, "connection closed");
         });
     }
-    connections.close();
-    connections.wait().await;
+    while connections.join_next().await.is_some() {}
 }
 
 /// Counts a request in flight while it lives; on drop (answered, or the client left) the

@@ -19,6 +19,7 @@ mod metrics;
 mod ordering;
 mod reflection;
 mod security;
+mod shutdown;
 mod store_down;
 mod watch;
 mod webhook;
