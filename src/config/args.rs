@@ -171,6 +171,9 @@ pub struct Settings {
     /// Processes the GetProcess cache keeps; 0 turns it off [default: 10000].
     #[arg(long, env = "PROCESS_STATE_GET_PROCESS_CACHE")]
     pub get_process_cache: Option<usize>,
+    /// Longest a WatchProcesses snapshot waits for a page-read slot, in ms [default: 5000].
+    #[arg(long, env = "PROCESS_STATE_SNAPSHOT_SLOT_WAIT_MS")]
+    pub snapshot_slot_wait_ms: Option<u64>,
     /// Most open connections on the HTTP listener; at the cap the longest-idle one is closed
     /// for a new one [default: 1024].
     #[arg(long, env = "PROCESS_STATE_MAX_CONNECTIONS")]
@@ -227,6 +230,7 @@ impl Settings {
             auth_open_reflection: Some(false),
             reload_poll_ms: Some(5000),
             get_process_cache: Some(10_000),
+            snapshot_slot_wait_ms: Some(5000),
             max_connections: Some(1024),
             max_concurrent_streams: Some(1024),
             header_read_timeout_ms: Some(5000),

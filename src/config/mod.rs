@@ -355,6 +355,7 @@ impl TryFrom<Settings> for Config {
         });
         config.reload_poll = ms(s.reload_poll_ms, "reload_poll_ms")?;
         config.get_process_cache = required(s.get_process_cache, "get_process_cache")?;
+        config.watch.snapshot_slot_wait = ms(s.snapshot_slot_wait_ms, "snapshot_slot_wait_ms")?;
         config.listener = crate::serve::ListenerLimits {
             max_connections: positive(s.max_connections, "max_connections")?,
             max_concurrent_streams: positive(s.max_concurrent_streams, "max_concurrent_streams")?,

@@ -134,13 +134,6 @@ pub struct LogBounds {
     pub current: i64,
 }
 
-/// One item of a collection snapshot: first the revision it is taken at, then the processes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SnapshotItem {
-    Revision(i64),
-    Process(Box<ProcessDetail>),
-}
-
 /// Rings when new changes may have been committed.
 #[async_trait::async_trait]
 pub trait Doorbell: Send {
@@ -203,14 +196,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// through: what a cache must forget, without the changes' rows.
     async fn changed_processes(&self, after: i64) -> Result<(Vec<(i64, String)>, i64), StoreError>;
 
-    /// Sends a consistent snapshot of the processes matching `filter` (with their children)
-    /// to `out`: first its revision, then the processes in id order. Stops early, without
-    /// error, when `out` is closed.
-    async fn snapshot(
+    /// One page of the processes matching `filter`, with their children, in id order, and
+    /// the revision it was read at. Pages are read apart (no transaction spans them): a
+    /// collection snapshot brings earlier pages up to the last one's revision from the log.
+    async fn snapshot_page(
         &self,
         filter: &ProcessFilter,
-        out: tokio::sync::mpsc::Sender<SnapshotItem>,
-    ) -> Result<(), StoreError>;
+        page: &PageRequest,
+    ) -> Result<Page<ProcessDetail>, StoreError>;
 
     /// Prunes the change log; returns the new `pruned_through`.
     async fn prune(&self, retention: Retention) -> Result<i64, StoreError>;

@@ -502,13 +502,9 @@ async fn heartbeats_limits_and_shutdown() {
     tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
 }
 
-#[tokio::test]
-async fn a_snapshot_the_client_does_not_read_is_cut_at_its_deadline() {
-    let db = TestDb::new().await;
-    let mut cfg = config(&db);
-    cfg.watch.snapshot_deadline = Duration::from_millis(500);
-    let app = TestApp::spawn(cfg).await;
-    // Enough processes that the snapshot cannot fit in the buffers between reader and client.
+/// Processes with large fields, so one snapshot cannot fit in the buffers between the reader
+/// and a client that does not read.
+async fn store_big_processes(app: &TestApp) {
     let events: Vec<Vec<Value>> = (0..400)
         .map(|n| {
             vec![serde_json::json!({
@@ -520,9 +516,12 @@ async fn a_snapshot_the_client_does_not_read_is_cut_at_its_deadline() {
         })
         .collect();
     for chunk in events.chunks(50) {
-        deliver_all(&app, chunk).await;
+        deliver_all(app, chunk).await;
     }
-    // A client with small HTTP/2 windows, so what it does not read stays on the server.
+}
+
+/// A client with small HTTP/2 windows, so what it does not read stays on the server.
+async fn small_window_client(app: &TestApp) -> ProcessServiceClient<Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", app.grpc))
         .unwrap()
         .initial_stream_window_size(Some(65_535))
@@ -530,7 +529,17 @@ async fn a_snapshot_the_client_does_not_read_is_cut_at_its_deadline() {
         .connect()
         .await
         .unwrap();
-    let mut api = ProcessServiceClient::new(channel);
+    ProcessServiceClient::new(channel)
+}
+
+#[tokio::test]
+async fn a_snapshot_the_client_does_not_read_is_cut_at_its_deadline() {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.watch.snapshot_deadline = Duration::from_millis(500);
+    let app = TestApp::spawn(cfg).await;
+    store_big_processes(&app).await;
+    let mut api = small_window_client(&app).await;
     let mut stream = watch_all(&mut api, None).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The service still stores events while the stalled snapshot is (or was) open.
@@ -547,5 +556,120 @@ async fn a_snapshot_the_client_does_not_read_is_cut_at_its_deadline() {
         }
     };
     assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    app.stop().await;
+}
+
+/// Clients that open a snapshot and never read it hold no slot, connection or transaction:
+/// with 8 of them stalled (twice the slots), a good client's snapshot still completes at once,
+/// and no database connection sits idle in a transaction.
+#[tokio::test]
+async fn stalled_snapshot_readers_do_not_hold_up_others() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(config(&db)).await;
+    store_big_processes(&app).await;
+    let mut stalled = Vec::new();
+    for _ in 0..8 {
+        let mut api = small_window_client(&app).await;
+        stalled.push((watch_all(&mut api, None).await, api));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_in_tx: i64 = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where datname = current_database() and state like 'idle in transaction%'",
+    )
+    .fetch_one(&db.pool().await)
+    .await
+    .unwrap();
+    assert_eq!(idle_in_tx, 0, "a stalled snapshot holds a transaction open");
+    let started = std::time::Instant::now();
+    let mut api = app.api().await;
+    let mut stream = watch_all(&mut api, None).await;
+    let mut processes = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(m) = stream.message().await.unwrap() {
+            match m.event.unwrap().kind {
+                Some(Kind::Snapshot(_)) => processes += 1,
+                Some(Kind::SnapshotEnd(end)) => return end.process_count,
+                _ => {}
+            }
+        }
+        panic!("the stream ended before its snapshot did")
+    })
+    .await
+    .expect("a good client's snapshot completes within 2 s");
+    assert_eq!((ended, processes), (400, 400));
+    println!(
+        "snapshot of 400 beside 8 stalled ones: {:?}",
+        started.elapsed()
+    );
+    drop(stalled);
+    app.stop().await;
+}
+
+/// A snapshot's pages are read at different revisions; what changed between the first page
+/// and the last is replayed before `snapshot_end`, so a client that folds the stream ends with
+/// exactly what GetProcess says, for processes changed on pages already sent and on pages
+/// still to come.
+#[tokio::test]
+async fn a_paged_snapshot_with_writes_between_pages_folds_to_the_truth() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(config(&db)).await;
+    store_big_processes(&app).await;
+    let mut api = small_window_client(&app).await;
+    let mut stream = watch_all(&mut api, None).await;
+    let mut fold = Fold::default();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let e = next(&mut stream).await;
+        fold.apply(&e);
+        seen.push(e);
+    }
+    // The first page is out; change processes on it and on the last page.
+    let changed: Vec<Vec<Value>> = (0..20)
+        .chain(380..400)
+        .map(|n| {
+            vec![serde_json::json!({
+                "schema": "2.0",
+                "header": {"event_id": format!("between-{n}"), "event_type": "corehr.process.status.update_v2",
+                           "create_time": "2", "token": VERIFICATION_TOKEN, "tenant_key": "t", "app_id": "cli_a1b2c3d4e5f60718"},
+                "event": {"process_id": format!("{}", 7_000_000 + n), "status": 9},
+            })]
+        })
+        .collect();
+    deliver_all(&app, &changed).await;
+    loop {
+        let e = next(&mut stream).await;
+        fold.apply(&e);
+        let end = matches!(e.kind, Some(Kind::SnapshotEnd(_)));
+        seen.push(e);
+        if end {
+            break;
+        }
+    }
+    let replayed = seen
+        .iter()
+        .filter(|e| matches!(e.kind, Some(Kind::Change(_))))
+        .count();
+    println!("replayed before snapshot_end: {replayed}");
+    let last = current_revision(&db).await;
+    if seen.last().unwrap().revision < last {
+        for e in read_until(&mut stream, last).await {
+            fold.apply(&e);
+        }
+    }
+    let mut reader = app.api().await;
+    for n in 0..400 {
+        let id = format!("{}", 7_000_000 + n);
+        let truth = reader
+            .get_process(GetProcessRequest {
+                process_id: id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .process
+            .unwrap();
+        assert_eq!(fold.0.get(&id), Some(&truth), "process {id}");
+    }
     app.stop().await;
 }

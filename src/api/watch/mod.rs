@@ -8,6 +8,7 @@
 //! slow client costs its own stream a catch-up, never the others a wait.
 
 pub mod hub;
+mod snapshot;
 
 pub use hub::Hub;
 
@@ -15,7 +16,7 @@ use super::error::{ApiError, ERROR_DOMAIN};
 use super::pb::{self, watch_event::Kind};
 use crate::cache::ProcessCache;
 use crate::domain::{ChangeSet, WatchFilter};
-use crate::store::{LogBounds, ProcessFilter, SnapshotItem, Store};
+use crate::store::{LogBounds, ProcessFilter, Store};
 use futures_core::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,12 +38,13 @@ pub struct WatchConfig {
     pub heartbeat: Duration,
     /// Most open streams on this replica.
     pub max_watchers: usize,
-    /// Collection snapshots read at once. Each holds a database connection in a snapshot
-    /// transaction while its client receives it, so they must not be able to take the whole
-    /// pool from ingest.
+    /// Collection-snapshot pages read at once (a slot is held for one page's read, never
+    /// while a client is slow to take it), so snapshots cannot take the pool from ingest.
     pub concurrent_snapshots: usize,
+    /// Longest a snapshot waits for a slot before RESOURCE_EXHAUSTED (with RetryInfo).
+    pub snapshot_slot_wait: Duration,
     /// Longest a collection snapshot may take; a client that reads it slower loses the stream
-    /// (ABORTED, retry) rather than holding a connection and a transaction open.
+    /// (ABORTED, retry), so the log it must replay stays short.
     pub snapshot_deadline: Duration,
 }
 
@@ -52,6 +54,7 @@ impl Default for WatchConfig {
             heartbeat: Duration::from_secs(15),
             max_watchers: 20_000,
             concurrent_snapshots: 4,
+            snapshot_slot_wait: Duration::from_secs(5),
             snapshot_deadline: Duration::from_secs(60),
         }
     }
@@ -272,21 +275,49 @@ fn stream(
                     yield message(revision, Kind::SnapshotEnd(pb::SnapshotEnd { process_count: count }));
                     revision
                 } else {
-                let (reader, mut items) = start_snapshot(&w, &filter);
-                let Some(SnapshotItem::Revision(revision)) = items.recv().await else {
-                    reader.await.map_err(|e| Status::internal(e.to_string()))??;
-                    Err(Status::internal("the snapshot ended before it started"))?;
-                    unreachable!()
+                let process_filter = ProcessFilter {
+                    statuses: filter.statuses.clone(),
+                    biz_type: filter.biz_type.clone(),
+                    flow_definition_id: filter.flow_definition_id.clone(),
+                    changed_since: None,
                 };
-                let mut count = 0;
+                let (reader, mut items) = snapshot::start(w.store.clone(), process_filter, w.snapshots.clone(), w.config);
+                let (mut first, mut last, mut count) = (None, 0, 0);
                 while let Some(item) = items.recv().await {
-                    if let SnapshotItem::Process(process) = item {
-                        count += 1;
-                        yield message(revision, Kind::Snapshot((*process).into()));
+                    match item {
+                        snapshot::Item::Page { revision } => {
+                            first.get_or_insert(revision);
+                            last = revision;
+                        }
+                        snapshot::Item::Process(process) => {
+                            count += 1;
+                            let at = first.unwrap_or(last);
+                            yield message(at, Kind::Snapshot((*process).into()));
+                        }
                     }
                 }
                 // The channel also closes when the reader fails: never end a partial snapshot.
                 reader.await.map_err(|e| Status::internal(e.to_string()))??;
+                // Pages were read at revisions first..=last: replay what changed in between,
+                // so every process of the snapshot stands as of `last`.
+                let mut replayed = first.unwrap_or(last);
+                while replayed < last {
+                    let log = w.store.changes_after(replayed, None, CATCH_UP_LIMIT).await.map_err(store_status)?;
+                    if log.pruned_through > replayed {
+                        Err(Status::aborted("the change log was pruned while the snapshot was read; retry"))?;
+                    }
+                    let before = replayed;
+                    for set in log.sets.iter().take_while(|set| set.revision <= last) {
+                        replayed = set.revision;
+                        if filter.matches(set) {
+                            yield message(set.revision, Kind::Change(set.into()));
+                        }
+                    }
+                    if replayed == before {
+                        replayed = last; // nothing (more) in the log up to `last`
+                    }
+                }
+                let revision = last;
                 yield message(revision, Kind::SnapshotEnd(pb::SnapshotEnd { process_count: count }));
                 revision
                 }
@@ -348,57 +379,4 @@ fn stream(
             }
         }
     }
-}
-
-/// Why a snapshot did not complete.
-#[derive(Debug)]
-enum SnapshotError {
-    Store(crate::store::StoreError),
-    Deadline,
-}
-
-impl From<SnapshotError> for Status {
-    fn from(err: SnapshotError) -> Self {
-        match err {
-            SnapshotError::Store(err) => store_status(err),
-            SnapshotError::Deadline => {
-                let details = ErrorDetails::with_error_info("SNAPSHOT_TOO_SLOW", ERROR_DOMAIN, []);
-                let msg = "the snapshot was not received within its deadline; retry, reading faster or with a narrower filter";
-                Status::with_error_details(Code::Aborted, msg, details)
-            }
-        }
-    }
-}
-
-/// Starts reading the collection snapshot for `filter` in a task of its own: first its
-/// revision, then the processes in id order, through a small bounded channel, so a large collection is read
-/// page by page as the client receives it. The task's result says whether it was complete.
-fn start_snapshot(
-    w: &Watchers,
-    filter: &WatchFilter,
-) -> (
-    tokio::task::JoinHandle<Result<(), SnapshotError>>,
-    tokio::sync::mpsc::Receiver<SnapshotItem>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let store = w.store.clone();
-    let filter = filter.clone();
-    let (snapshots, deadline) = (w.snapshots.clone(), w.config.snapshot_deadline);
-    let reader = tokio::spawn(async move {
-        let process_filter = ProcessFilter {
-            statuses: filter.statuses.clone(),
-            biz_type: filter.biz_type.clone(),
-            flow_definition_id: filter.flow_definition_id.clone(),
-            changed_since: None,
-        };
-        let _permit = snapshots
-            .acquire_owned()
-            .await
-            .map_err(|_| SnapshotError::Deadline)?;
-        tokio::time::timeout(deadline, store.snapshot(&process_filter, tx))
-            .await
-            .map_err(|_| SnapshotError::Deadline)?
-            .map_err(SnapshotError::Store)
-    });
-    (reader, rx)
 }

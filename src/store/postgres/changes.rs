@@ -1,18 +1,17 @@
-//! The change log for watchers: reads by revision (one snapshot each), the collection
-//! snapshot, retention, and the LISTEN doorbell.
+//! The change log for watchers: reads by revision (one snapshot each), collection snapshot
+//! pages, retention, and the LISTEN doorbell.
 
 use super::NOTIFY_CHANNEL;
 use super::read::detail_select;
 use super::rows::{CcState, NodeState, ProcessState, TaskState, decode, decode_detail};
-use crate::domain::{ChangeSet, ProcessStatus};
+use crate::domain::{ChangeSet, ProcessDetail, ProcessStatus};
 use crate::store::{
-    ChangeLog, Doorbell, LogBounds, ProcessFilter, Retention, SnapshotItem, StoreError,
+    ChangeLog, Doorbell, LogBounds, Page, PageRequest, ProcessFilter, Retention, StoreError,
 };
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Postgres, QueryBuilder};
-use tokio::sync::mpsc;
 
 pub(super) async fn log_bounds(pool: &PgPool) -> Result<LogBounds, StoreError> {
     let (pruned_through, current) = sqlx::query_as(
@@ -163,14 +162,13 @@ pub(super) async fn changes_after(
     })
 }
 
-/// Processes per page of a collection snapshot.
-const SNAPSHOT_PAGE: i64 = 200;
-
-pub(super) async fn snapshot(
+/// One page of a collection snapshot, in a short read-only transaction of its own: the
+/// revision and the rows agree, and no connection is held between pages.
+pub(super) async fn snapshot_page(
     pool: &PgPool,
     filter: &ProcessFilter,
-    out: mpsc::Sender<SnapshotItem>,
-) -> Result<(), StoreError> {
+    page: &PageRequest,
+) -> Result<Page<ProcessDetail>, StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)
@@ -178,50 +176,38 @@ pub(super) async fn snapshot(
     let revision: i64 = sqlx::query_scalar("select revision from revision_counter")
         .fetch_one(&mut *tx)
         .await?;
-    if out.send(SnapshotItem::Revision(revision)).await.is_err() {
-        return Ok(());
+    let mut q = QueryBuilder::<Postgres>::new("select ");
+    q.push(detail_select("p.process_id"))
+        .push(" from processes p where true");
+    if let Some(after) = &page.after {
+        q.push(" and p.process_id > ").push_bind(after.clone());
     }
-    let mut after: Option<String> = None;
-    loop {
-        let mut q = QueryBuilder::<Postgres>::new("select ");
-        q.push(detail_select("p.process_id"))
-            .push(" from processes p where true");
-        if let Some(after) = &after {
-            q.push(" and p.process_id > ").push_bind(after.clone());
-        }
-        if !filter.statuses.is_empty() {
-            let statuses: Vec<i32> = filter.statuses.iter().map(|s| s.0).collect();
-            q.push(" and p.status = any(").push_bind(statuses).push(")");
-        }
-        if let Some(biz) = &filter.biz_type {
-            q.push(" and p.biz_type = ").push_bind(biz.clone());
-        }
-        if let Some(flow) = &filter.flow_definition_id {
-            q.push(" and p.flow_definition_id = ")
-                .push_bind(flow.clone());
-        }
-        q.push(" order by p.process_id limit ")
-            .push_bind(SNAPSHOT_PAGE);
-        let rows: Vec<(Value, Value, Value, Value)> =
-            q.build_query_as().fetch_all(&mut *tx).await?;
-        let full_page = rows.len() as i64 == SNAPSHOT_PAGE;
-        for (process, nodes, tasks, cc_tasks) in rows {
-            let detail = decode_detail(process, nodes, tasks, cc_tasks)?;
-            after = Some(detail.process.process_id.clone());
-            if out
-                .send(SnapshotItem::Process(Box::new(detail)))
-                .await
-                .is_err()
-            {
-                return Ok(());
-            }
-        }
-        if !full_page {
-            break;
-        }
+    if !filter.statuses.is_empty() {
+        let statuses: Vec<i32> = filter.statuses.iter().map(|s| s.0).collect();
+        q.push(" and p.status = any(").push_bind(statuses).push(")");
     }
+    if let Some(biz) = &filter.biz_type {
+        q.push(" and p.biz_type = ").push_bind(biz.clone());
+    }
+    if let Some(flow) = &filter.flow_definition_id {
+        q.push(" and p.flow_definition_id = ")
+            .push_bind(flow.clone());
+    }
+    q.push(" order by p.process_id limit ")
+        .push_bind(i64::from(page.limit) + 1);
+    let rows: Vec<(Value, Value, Value, Value)> = q.build_query_as().fetch_all(&mut *tx).await?;
     tx.commit().await?;
-    Ok(())
+    let more = rows.len() > page.limit as usize;
+    let items = rows
+        .into_iter()
+        .take(page.limit as usize)
+        .map(|(process, nodes, tasks, cc_tasks)| decode_detail(process, nodes, tasks, cc_tasks))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Page {
+        items,
+        more,
+        revision,
+    })
 }
 
 pub(super) async fn prune(pool: &PgPool, retention: Retention) -> Result<i64, StoreError> {

@@ -7,8 +7,8 @@ mod read;
 mod rows;
 
 use super::{
-    ChangeLog, Doorbell, LogBounds, Outcome, Page, PageRequest, ProcessFilter, Retention,
-    SnapshotItem, Store, StoreError, TaskFilter,
+    ChangeLog, Doorbell, LogBounds, Outcome, Page, PageRequest, ProcessFilter, Retention, Store,
+    StoreError, TaskFilter,
 };
 use crate::domain::{Event, Process, ProcessDetail, Task};
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgConnectOptions, postgres::PgPoolOptions};
@@ -139,12 +139,12 @@ impl Store for PgStore {
         changes::changed_processes(&self.pool, after).await
     }
 
-    async fn snapshot(
+    async fn snapshot_page(
         &self,
         filter: &ProcessFilter,
-        out: tokio::sync::mpsc::Sender<SnapshotItem>,
-    ) -> Result<(), StoreError> {
-        changes::snapshot(&self.pool, filter, out).await
+        page: &PageRequest,
+    ) -> Result<Page<ProcessDetail>, StoreError> {
+        changes::snapshot_page(&self.pool, filter, page).await
     }
 
     async fn prune(&self, retention: Retention) -> Result<i64, StoreError> {
