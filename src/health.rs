@@ -40,13 +40,7 @@ impl StoreHealth {
 
     /// Records the latest finding; true when it changed.
     pub fn set(&self, up: bool) -> bool {
-        let changed = self.up.send_if_modified(|v| std::mem::replace(v, up) != up);
-        if changed && up {
-            tracing::info!("database reachable");
-        } else if changed {
-            tracing::warn!("database unreachable");
-        }
-        changed
+        self.up.send_if_modified(|v| std::mem::replace(v, up) != up)
     }
 
     pub fn subscribe(&self) -> Readiness {
@@ -80,7 +74,12 @@ pub fn start(
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => {
-                    health.set(ping(store.as_ref(), interval.max(Duration::from_secs(1))).await);
+                    let up = ping(store.as_ref(), interval.max(Duration::from_secs(1))).await;
+                    match (health.set(up), up) {
+                        (true, true) => tracing::info!("database reachable"),
+                        (true, false) => tracing::warn!("database unreachable"),
+                        _ => {}
+                    }
                 }
                 _ = database.changed() => {}
                 Some(Ok(())) = async { match worker.as_mut() { Some(w) => Some(w.changed().await), None => None } } => {}
@@ -95,6 +94,7 @@ pub fn start(
                 last = Some(serving);
             }
         }
+        // Draining: not ready for new work (the database is fine; nothing is logged).
         set(&reporter, false).await;
         health.set(false);
     })
