@@ -329,32 +329,10 @@ async fn one_event_through_the_webhook_and_the_long_connection_is_applied_once()
     app.stop().await;
 }
 
-/// A writer that keeps everything logged, for the secrecy test.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn trace_logs_never_contain_the_websocket_url_or_the_secret() {
-    let captured = Captured::default();
-    let writer = captured.clone();
     // Everything at trace, through the service's own cap (also `log` records, via the bridge).
-    let installed = tracing_subscriber::fmt()
-        .with_env_filter(process_state::telemetry::capped(
-            tracing_subscriber::EnvFilter::new("trace"),
-        ))
-        .with_writer(move || writer.clone())
-        .try_init()
-        .is_ok();
+    let logs = crate::common::logs::capture(tracing::level_filters::LevelFilter::TRACE);
     let db = TestDb::new().await;
     let gateway = FakeGateway::start().await;
     let app = spawn(&db, &gateway).await;
@@ -363,11 +341,7 @@ async fn trace_logs_never_contain_the_websocket_url_or_the_secret() {
     gateway.wait_connections(2).await;
     deliver_and_expect_ack(&gateway, "e-log", "1234").await;
     app.stop().await;
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
-    assert!(
-        installed,
-        "this is the only test in the binary that installs a subscriber"
-    );
+    let logs = logs.text();
     assert!(logs.contains("connected"), "the capture works");
     for secret in ["secretkey", "access_key", "ticket=t-", APP_SECRET] {
         assert!(!logs.contains(secret), "{secret} was logged");

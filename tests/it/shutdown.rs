@@ -6,29 +6,9 @@ use crate::common::{TestApp, TestDb, config};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_half_sent_request_holds_shutdown_for_the_grace_only() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    // One runtime thread: every task of the service logs through this subscriber.
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = crate::common::logs::capture(tracing::level_filters::LevelFilter::INFO);
     let db = TestDb::new().await;
     let mut config = config(&db);
     let grace = Duration::from_secs(2);
@@ -49,7 +29,7 @@ async fn a_half_sent_request_holds_shutdown_for_the_grace_only() {
     println!("shutdown with a half-sent request took {took:?} (grace {grace:?})");
     // Before: the grace, then the writer's wait on the same grace again (4 s here).
     assert!(took < grace + Duration::from_millis(1500), "took {took:?}");
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = logs.text();
     assert!(logs.contains("cutting their connections"), "{logs}");
     assert!(
         !logs.contains("did not finish") && !logs.contains("still committing"),

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod logs;
 pub mod proxy;
 
 use process_state::api::pb::process_service_client::ProcessServiceClient;
