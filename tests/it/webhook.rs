@@ -480,32 +480,11 @@ async fn an_event_with_nul_in_its_strings_is_stored() {
     app.stop().await;
 }
 
-/// A writer that keeps what is logged.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// 300 unsigned requests are 300 counted refusals but one log line, not 300 (an attacker
 /// filled the disk with them).
 #[tokio::test]
 async fn refusals_are_counted_exactly_and_logged_once_per_interval() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    // This runtime has one thread, so every task of the service logs through this subscriber.
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = crate::common::logs::capture(tracing::level_filters::LevelFilter::INFO);
     let db = TestDb::new().await;
     let app = TestApp::spawn(config(&db)).await;
     for n in 0..300 {
@@ -519,8 +498,32 @@ async fn refusals_are_counted_exactly_and_logged_once_per_interval() {
         300.0
     );
     app.stop().await;
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = logs.text();
     assert!(logs.contains("serving"), "the capture works: {logs}");
     let lines = logs.lines().filter(|l| l.contains("rejected")).count();
     assert_eq!(lines, 1, "{logs}");
+}
+
+/// Under an Encrypt Key, a plaintext url_verification challenge (what Feishu sends while its
+/// console has no Encrypt Key yet) is answered when its Verification Token matches; with a
+/// wrong or missing token it gets the one identical unsigned answer.
+#[tokio::test]
+async fn a_plaintext_challenge_is_answered_under_an_encrypt_key() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(config(&db)).await;
+    let good =
+        json!({"challenge": "c-plain", "token": VERIFICATION_TOKEN, "type": "url_verification"});
+    let (status, _, text) = app.post(good.to_string(), &[]).await;
+    assert_eq!((status, text.as_str()), (200, r#"{"challenge":"c-plain"}"#));
+    let unsigned = app.post("garbage", &[]).await;
+    for bad in [
+        json!({"challenge": "c", "token": "wrong", "type": "url_verification"}),
+        json!({"challenge": "c", "type": "url_verification"}),
+    ] {
+        let (status, _, text) = app.post(bad.to_string(), &[]).await;
+        assert_eq!((status, &text), (unsigned.0, &unsigned.2), "{bad}");
+    }
+    let c = counts(&db.pool().await).await;
+    assert_eq!(c.inbox, 0);
+    app.stop().await;
 }

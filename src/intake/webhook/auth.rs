@@ -4,8 +4,8 @@
 //! Order (feishu-protocol.md §1.11, refined by ARCHITECTURE.md invariant 9):
 //! 1. Encrypt Key configured and all three `X-Lark-*` headers present: verify the signature
 //!    over the raw bytes FIRST; only then decrypt and parse, with specific 400 messages.
-//! 2. Encrypt Key configured, request unsigned: it can only be an encrypted url_verification
-//!    challenge (Feishu signs nothing else). Every other outcome gets [`Rejection::Unsigned`],
+//! 2. Encrypt Key configured, request unsigned: it can only be a url_verification challenge,
+//!    encrypted or plain (Feishu signs nothing else). Every other outcome gets [`Rejection::Unsigned`],
 //!    one identical answer, so the decryption step is no padding oracle.
 //! 3. No Encrypt Key: plaintext bodies only.
 //!
@@ -102,14 +102,17 @@ impl WebhookAuth {
         }
     }
 
-    /// The one thing an unsigned request may be under an Encrypt Key. `None` for anything
-    /// else, with no distinction between the reasons.
+    /// The one thing an unsigned request may be under an Encrypt Key: a url_verification
+    /// challenge, encrypted, or in plaintext (Feishu sends that while its console has no
+    /// Encrypt Key yet; the official SDKs answer it, and nothing is decrypted). Its token must
+    /// match when one is configured. `None` for anything else, with no distinction between the
+    /// reasons.
     fn unsigned_challenge(&self, key: &EncryptKey, body: &[u8]) -> Option<Accepted> {
-        let Ok(Body::Encrypted(encrypted)) = envelope::body(body) else {
-            return None;
+        let payload = match envelope::body(body).ok()? {
+            Body::Encrypted(encrypted) => envelope::parse(&key.decrypt(&encrypted).ok()?).ok()?,
+            Body::Plain(json) => envelope::payload(json).ok()?,
         };
-        let plain = key.decrypt(&encrypted).ok()?;
-        match envelope::parse(&plain).ok()? {
+        match payload {
             Payload::Challenge { challenge, token } if self.token_matches(token.as_deref()) => {
                 Some(Accepted::Challenge(challenge))
             }
