@@ -457,3 +457,59 @@ async fn reflection_v1_and_v1alpha_and_health() {
     );
     app.stop().await;
 }
+
+/// gzip and zstd are accepted and sent, negotiated as gRPC does: a compressed request is
+/// served, and an answer is compressed only for a client that accepts it.
+#[tokio::test]
+async fn gzip_and_zstd_are_negotiated() {
+    use process_state::api::pb::process_service_client::ProcessServiceClient;
+    use tonic::codec::CompressionEncoding::{Gzip, Zstd};
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(config(&db)).await;
+    let events: Vec<Value> = (0..50).map(|n| task_event(n, "77", 1, "leave")).collect();
+    for e in &events {
+        assert_eq!(app.deliver(e).await.0, 200);
+    }
+    for encoding in [Gzip, Zstd] {
+        let mut api = ProcessServiceClient::new(app.grpc_channel().await)
+            .send_compressed(encoding)
+            .accept_compressed(encoding);
+        let page = api
+            .list_tasks(ListTasksRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|s| panic!("{encoding:?}: {s:?}"))
+            .into_inner();
+        assert_eq!(page.tasks.len(), 50, "{encoding:?}");
+    }
+    // On the wire: asked for gzip, the answer says gzip and its message is flagged compressed;
+    // not asked, it is plain.
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (accept, want) in [(Some("gzip"), Some("gzip")), (None, None)] {
+        let mut request = client
+            .post(format!(
+                "http://{}/processstate.v1.ProcessService/ListTasks",
+                app.grpc
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(vec![0u8, 0, 0, 0, 0]);
+        if let Some(accept) = accept {
+            request = request.header("grpc-accept-encoding", accept);
+        }
+        let response = request.send().await.unwrap();
+        let encoding = response
+            .headers()
+            .get("grpc-encoding")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(encoding.as_deref(), want);
+        let body = response.bytes().await.unwrap();
+        assert_eq!(body[0], u8::from(want.is_some()), "compressed-flag byte");
+    }
+    app.stop().await;
+}
