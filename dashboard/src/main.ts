@@ -75,7 +75,9 @@ function apply(event: WatchEvent) {
     put(p.ccTasks, c.ccTask, (t) => t.approverId);
     processes.set(c.processId, p);
   }
-  revision = event.revision;
+  // Snapshot and reset messages carry revision 0: they are not resume points.
+  if (k.case === "reset") revision = undefined;
+  else if (event.revision > 0n) revision = event.revision;
 }
 
 function render() {
@@ -150,6 +152,8 @@ async function follow() {
   for (;;) {
     try {
       setState("connecting", "");
+      // Without a resume point, a fresh snapshot follows: drop what a cut-off one left.
+      if (revision === undefined) processes.clear();
       const request = revision === undefined ? {} : { startRevision: revision };
       for await (const response of client.watchProcesses(request)) {
         if (!response.event) continue;

@@ -17,6 +17,8 @@ pub struct ChangeSet {
     pub cc_task: Option<CcTask>,
     /// The process's status after the change and, for changes of the process row, before it.
     pub process_statuses: Vec<ProcessStatus>,
+    /// For a change of the process row: its status before (`None` for a new row).
+    pub previous_status: Option<ProcessStatus>,
     /// The process's business type after the change.
     pub biz_type: Option<String>,
     /// The process's definition after the change.
@@ -53,6 +55,23 @@ impl WatchFilter {
     }
 }
 
+impl WatchFilter {
+    /// Whether a change brings its process INTO a status-filtered scope: the process row
+    /// changed to a status in the filter from one that was not. Its children were written
+    /// while it was out of scope, so a watcher must get the process whole, like Kubernetes'
+    /// ADDED when an object starts to match a selector.
+    pub fn enters(&self, change: &ChangeSet) -> bool {
+        let Some(process) = &change.process else {
+            return false;
+        };
+        let within = |s: Option<ProcessStatus>| s.is_some_and(|s| self.statuses.contains(&s));
+        !self.statuses.is_empty()
+            && within(process.status)
+            && !within(change.previous_status)
+            && self.matches(change)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,6 +87,7 @@ mod tests {
             task: None,
             cc_task: None,
             process_statuses: statuses.iter().map(|&s| ProcessStatus(s)).collect(),
+            previous_status: None,
             biz_type: biz.map(Into::into),
             flow_definition_id: None,
         }

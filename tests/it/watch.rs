@@ -673,3 +673,111 @@ async fn a_paged_snapshot_with_writes_between_pages_folds_to_the_truth() {
     }
     app.stop().await;
 }
+
+/// Every process's state as GetProcess answers it.
+async fn truth(app: &TestApp, ids: &[String]) -> BTreeMap<String, pb::Process> {
+    let mut api = app.api().await;
+    let mut all = BTreeMap::new();
+    for id in ids {
+        let response = api
+            .get_process(GetProcessRequest {
+                process_id: id.clone(),
+                ..Default::default()
+            })
+            .await;
+        if let Ok(response) = response {
+            all.insert(id.clone(), response.into_inner().process.unwrap());
+        }
+    }
+    all
+}
+
+/// A client cut off after its k-th message, for k inside and after a multi-page snapshot,
+/// follows the documented rule (resume from the last message whose revision is not 0, else
+/// start again) while events keep arriving, and ends with exactly what GetProcess says.
+#[tokio::test]
+async fn resuming_after_any_message_of_a_snapshot_loses_nothing() {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    cfg.watch.heartbeat = Duration::from_millis(200);
+    let app = TestApp::spawn(cfg).await;
+    let started = std::time::Instant::now();
+    let (per_process, mut ids) = scenario(11, 260);
+    deliver_all(&app, &per_process).await;
+    println!("delivered in {:?}", started.elapsed());
+    let mut more_seed = 100;
+    for k in [1, 5, 199, 200, 201, 260, 261, 262, 300] {
+        let mut api = app.api().await;
+        let mut fold = Fold::default();
+        let mut resume = None;
+        let mut stream = watch_all(&mut api, None).await;
+        for _ in 0..k {
+            let e = next(&mut stream).await;
+            fold.apply(&e);
+            match e.kind {
+                Some(Kind::Reset(_)) => resume = None,
+                _ if e.revision != 0 => resume = Some(e.revision),
+                _ => {}
+            }
+        }
+        drop(stream);
+        // Events arrive while the client is away.
+        let (more, more_ids) = scenario(more_seed, 3);
+        more_seed += 1;
+        deliver_all(&app, &more).await;
+        ids.extend(more_ids);
+        if resume.is_none() {
+            fold.0.clear();
+        }
+        let mut stream = watch_all(&mut api, resume).await;
+        let last = current_revision(&db).await;
+        loop {
+            let e = next(&mut stream).await;
+            fold.apply(&e);
+            if e.revision >= last && !matches!(e.kind, Some(Kind::Snapshot(_))) {
+                break;
+            }
+        }
+        assert_eq!(fold.0, truth(&app, &ids).await, "cut after message {k}");
+    }
+    app.stop().await;
+}
+
+/// With a status filter, a process that enters the scope arrives whole: the fold of a
+/// COMPLETED-only stream equals GetProcess for every process that is COMPLETED at the end.
+#[tokio::test]
+async fn a_process_entering_a_filtered_watch_arrives_with_its_children() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(config(&db)).await;
+    let mut api = app.api().await;
+    let mut stream = api
+        .watch_processes(WatchProcessesRequest {
+            statuses: vec![pb::ProcessStatus::Completed as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut fold = Fold::default();
+    fold.apply(&next(&mut stream).await); // the empty snapshot's end
+    let (per_process, ids) = scenario(21, 20);
+    deliver_all(&app, &per_process).await;
+    let last = current_revision(&db).await;
+    for e in read_until(&mut stream, last).await {
+        fold.apply(&e);
+    }
+    let completed: BTreeMap<_, _> = truth(&app, &ids)
+        .await
+        .into_iter()
+        .filter(|(_, p)| p.status == pb::ProcessStatus::Completed as i32)
+        .collect();
+    assert!(
+        completed.len() >= 3,
+        "the scenario completes some processes"
+    );
+    for (id, process) in &completed {
+        assert!(!process.tasks.is_empty(), "{id} has tasks");
+        assert_eq!(fold.0.get(id), Some(process), "process {id}");
+    }
+    app.stop().await;
+}

@@ -232,6 +232,33 @@ impl Drop for Slot {
     }
 }
 
+/// The `revision` of messages that are not resume points: snapshot messages (a client cut off
+/// inside a snapshot has no position yet and starts again) and resets.
+const NO_POSITION: i64 = 0;
+
+/// What a watcher with `filter` gets for one change: nothing when it is out of scope; the
+/// process whole (a `snapshot` message, read now) when the change brings it into a
+/// status-filtered scope, since its children were written while it was out; else the change.
+async fn deliver(
+    w: &Watchers,
+    filter: &WatchFilter,
+    set: &ChangeSet,
+) -> Result<Option<pb::WatchEvent>, Status> {
+    if !filter.matches(set) {
+        return Ok(None);
+    }
+    if !filter.enters(set) {
+        return Ok(Some(message(set.revision, Kind::Change(set.into()))));
+    }
+    let read = || w.store.get_process(&set.process_id);
+    let (process, _) = w
+        .cache
+        .get_or_read(&set.process_id, set.revision, read)
+        .await
+        .map_err(store_status)?;
+    Ok(process.map(|p| message(NO_POSITION, Kind::Snapshot(Arc::unwrap_or_clone(p)))))
+}
+
 fn message(revision: i64, kind: Kind) -> pb::WatchEvent {
     pb::WatchEvent {
         revision,
@@ -263,14 +290,14 @@ fn stream(
             start => {
                 if start.is_some() {
                     let reset = pb::Reset { oldest_revision: bounds.pruned_through };
-                    yield message(bounds.pruned_through, Kind::Reset(reset));
+                    yield message(NO_POSITION, Kind::Reset(reset));
                 }
                 if let Some(id) = filter.process_id.as_deref() {
                     let read = || w.store.get_process(id);
                     let (process, revision) = w.cache.get_or_read(id, 0, read).await.map_err(store_status)?;
                     let count = i64::from(process.is_some());
                     if let Some(process) = process {
-                        yield message(revision, Kind::Snapshot(Arc::unwrap_or_clone(process)));
+                        yield message(NO_POSITION, Kind::Snapshot(Arc::unwrap_or_clone(process)));
                     }
                     yield message(revision, Kind::SnapshotEnd(pb::SnapshotEnd { process_count: count }));
                     revision
@@ -291,8 +318,7 @@ fn stream(
                         }
                         snapshot::Item::Process(process) => {
                             count += 1;
-                            let at = first.unwrap_or(last);
-                            yield message(at, Kind::Snapshot((*process).into()));
+                            yield message(NO_POSITION, Kind::Snapshot((*process).into()));
                         }
                     }
                 }
@@ -309,8 +335,8 @@ fn stream(
                     let before = replayed;
                     for set in log.sets.iter().take_while(|set| set.revision <= last) {
                         replayed = set.revision;
-                        if filter.matches(set) {
-                            yield message(set.revision, Kind::Change(set.into()));
+                        if let Some(m) = deliver(&w, &filter, set).await? {
+                            yield m;
                         }
                     }
                     if replayed == before {
@@ -340,9 +366,9 @@ fn stream(
                 catching_up = log.sets.len() >= CATCH_UP_LIMIT as usize;
                 for set in log.sets {
                     position = set.revision;
-                    if filter.matches(&set) {
+                    if let Some(m) = deliver(&w, &filter, &set).await? {
                         last_sent = Instant::now();
-                        yield message(set.revision, Kind::Change((&set).into()));
+                        yield m;
                     }
                 }
                 position = position.max(log.through);
@@ -358,9 +384,9 @@ fn stream(
                 Next::Received(Ok(set)) => {
                     if set.revision > position {
                         position = set.revision;
-                        if filter.matches(&set) {
+                        if let Some(m) = deliver(&w, &filter, &set).await? {
                             last_sent = Instant::now();
-                            yield message(set.revision, Kind::Change(set.as_ref().into()));
+                            yield m;
                         }
                     }
                 }

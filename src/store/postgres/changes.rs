@@ -127,6 +127,7 @@ pub(super) async fn changes_after(
                 task: None,
                 cc_task: None,
                 process_statuses: Vec::new(),
+                previous_status: None,
                 biz_type: None,
                 flow_definition_id: None,
             });
@@ -140,7 +141,10 @@ pub(super) async fn changes_after(
         set.biz_type = set.biz_type.take().or(biz);
         set.flow_definition_id = set.flow_definition_id.take().or(flow);
         match entity.as_str() {
-            "process" => set.process = Some(decode::<ProcessState>(state)?.into()),
+            "process" => {
+                set.process = Some(decode::<ProcessState>(state)?.into());
+                set.previous_status = previous.map(ProcessStatus);
+            }
             "node" => set.node = Some(decode::<NodeState>(state)?.into()),
             "task" => set.task = Some(decode::<TaskState>(state)?.into()),
             "cc_task" => set.cc_task = Some(decode::<CcState>(state)?.into()),
