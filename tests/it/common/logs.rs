@@ -11,8 +11,11 @@ use tracing_subscriber::filter::{DynFilterFn, EnvFilter, FilterExt, LevelFilter}
 use tracing_subscriber::layer::{Layer, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// A capture's buffer and the level it records from.
+type Capture = (Arc<Mutex<Vec<u8>>>, LevelFilter);
+
 thread_local! {
-    static CAPTURE: RefCell<Option<(Arc<Mutex<Vec<u8>>>, LevelFilter)>> = const { RefCell::new(None) };
+    static CAPTURE: RefCell<Option<Capture>> = const { RefCell::new(None) };
 }
 
 /// What one thread logged while the value lives.
