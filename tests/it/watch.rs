@@ -705,8 +705,7 @@ async fn resuming_after_any_message_of_a_snapshot_loses_nothing() {
     let (per_process, mut ids) = scenario(11, 260);
     deliver_all(&app, &per_process).await;
     println!("delivered in {:?}", started.elapsed());
-    let mut more_seed = 100;
-    for k in [1, 5, 199, 200, 201, 260, 261, 262, 300] {
+    for (more_seed, k) in (100..).zip([1, 5, 199, 200, 201, 260, 261, 262, 300]) {
         let mut api = app.api().await;
         let mut fold = Fold::default();
         let mut resume = None;
@@ -723,7 +722,6 @@ async fn resuming_after_any_message_of_a_snapshot_loses_nothing() {
         drop(stream);
         // Events arrive while the client is away.
         let (more, more_ids) = scenario(more_seed, 3);
-        more_seed += 1;
         deliver_all(&app, &more).await;
         ids.extend(more_ids);
         if resume.is_none() {
