@@ -35,6 +35,9 @@ pub enum AppError {
     Files(String),
 }
 
+/// Longest an API read waits for a turn before RESOURCE_EXHAUSTED.
+const READ_TURN_WAIT: Duration = Duration::from_secs(1);
+
 /// ALPN for both listeners: HTTP/2 for gRPC, HTTP/1.1 for gRPC-web, the webhook and probes.
 const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
@@ -116,6 +119,13 @@ impl App {
             files,
         } = self;
         let pool = store.pool().clone();
+        // API reads get the read pool but for what the change feed, snapshots and catch-ups
+        // need, so a burst of lists is refused as overload rather than starving them.
+        let reserved = config.watch.concurrent_snapshots as u32 + 2;
+        let reads = crate::store::ReadLimit::new(
+            store.read_connections().saturating_sub(reserved).max(1) as usize,
+            READ_TURN_WAIT,
+        );
         let store: Arc<dyn Store> = Arc::new(store);
         let metrics = crate::metrics::Metrics::new();
         let cache = crate::cache::ProcessCache::new(config.get_process_cache);
@@ -259,7 +269,7 @@ impl App {
                         tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
                     ),
             )
-            .add_service(ProcessApi::new(store.clone(), watchers, cache).into_service())
+            .add_service(ProcessApi::new(store.clone(), watchers, cache, reads).into_service())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);

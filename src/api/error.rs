@@ -6,6 +6,9 @@ use crate::store::StoreError;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+/// What `RetryInfo` suggests to a client refused for overload or store trouble.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// `google.rpc.ErrorInfo.domain` of our errors.
 pub const ERROR_DOMAIN: &str = "processstate.v1";
 
@@ -48,14 +51,25 @@ impl From<ApiError> for Status {
                 );
                 Status::with_error_details(Code::NotFound, message, details)
             }
+            // Retryable trouble carries RetryInfo, so standard clients back off and retry;
+            // INTERNAL is only for our own bugs (a statement or a row we got wrong).
+            ApiError::Store(StoreError::Overloaded) => {
+                let mut details = ErrorDetails::with_retry_info(Some(RETRY_AFTER));
+                details.set_error_info("READS_SATURATED", ERROR_DOMAIN, []);
+                let message = "this replica is serving as many reads as it can; retry shortly";
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
+            ApiError::Store(err @ StoreError::Unavailable(_)) => {
+                tracing::warn!(error = %err, "store unavailable while serving an RPC");
+                let mut details = ErrorDetails::with_retry_info(Some(RETRY_AFTER));
+                details.set_error_info("STORE_UNAVAILABLE", ERROR_DOMAIN, []);
+                let message = "the state store is unavailable; retry later";
+                Status::with_error_details(Code::Unavailable, message, details)
+            }
             ApiError::Store(err) => {
                 tracing::error!(error = %err, "store error while serving an RPC");
-                let (code, reason) = match err {
-                    StoreError::Unavailable(_) => (Code::Unavailable, "STORE_UNAVAILABLE"),
-                    _ => (Code::Internal, "STORE_ERROR"),
-                };
-                let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, []);
-                Status::with_error_details(code, "the state store failed; retry later", details)
+                let details = ErrorDetails::with_error_info("STORE_ERROR", ERROR_DOMAIN, []);
+                Status::with_error_details(Code::Internal, "the state store failed", details)
             }
         }
     }

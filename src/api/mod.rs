@@ -11,7 +11,7 @@ pub use error::{ApiError, ERROR_DOMAIN};
 
 use crate::cache::ProcessCache;
 use crate::domain::{ProcessStatus, TaskStatus, TaskType, WatchFilter};
-use crate::store::{PageRequest, ProcessFilter, Store, TaskFilter};
+use crate::store::{PageRequest, ProcessFilter, ReadLimit, Store, TaskFilter};
 use pb::process_service_server::{ProcessService, ProcessServiceServer};
 use pb::{
     GetProcessRequest, GetProcessResponse, ListProcessesRequest, ListProcessesResponse,
@@ -35,17 +35,25 @@ pub struct ProcessApi {
     store: Arc<dyn Store>,
     watchers: Watchers,
     cache: ProcessCache,
+    /// Every store read of a call runs under it.
+    reads: ReadLimit,
 }
 
 /// A server stream of one of the Watch RPCs.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 impl ProcessApi {
-    pub fn new(store: Arc<dyn Store>, watchers: Watchers, cache: ProcessCache) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        watchers: Watchers,
+        cache: ProcessCache,
+        reads: ReadLimit,
+    ) -> Self {
         Self {
             store,
             watchers,
             cache,
+            reads,
         }
     }
 
@@ -135,7 +143,7 @@ impl ProcessService for ProcessApi {
         let (process, revision) = self
             .cache
             .get_or_read(&process_id, min_revision, || {
-                self.store.get_process(&process_id)
+                self.reads.run(self.store.get_process(&process_id))
             })
             .await
             .map_err(ApiError::from)?;
@@ -159,8 +167,8 @@ impl ProcessService for ProcessApi {
             changed_since: changed_since(req.changed_since.as_ref())?,
         };
         let page = self
-            .store
-            .list_processes(&filter, &page)
+            .reads
+            .run(self.store.list_processes(&filter, &page))
             .await
             .map_err(ApiError::from)?;
         let next_page_token = next_token(
@@ -194,8 +202,8 @@ impl ProcessService for ProcessApi {
             changed_since: changed_since(req.changed_since.as_ref())?,
         };
         let page = self
-            .store
-            .list_tasks(&filter, &page)
+            .reads
+            .run(self.store.list_tasks(&filter, &page))
             .await
             .map_err(ApiError::from)?;
         let next_page_token = next_token(

@@ -3,6 +3,7 @@
 //! own, starts replicas of this very binary on free ports, and removes everything after.
 
 mod ingest;
+mod overload;
 mod query;
 mod replica;
 mod watch;
@@ -24,7 +25,8 @@ pub struct BenchArgs {
 pub enum Scenario {
     /// Webhook ingest throughput and ack latency against pgbench's naive-design ceiling.
     Ingest(ingest::IngestArgs),
-    /// GetProcess throughput and latency against a minimal tonic server.
+    /// GetProcess throughput and latency against a minimal tonic server, ListTasks paging,
+    /// and a read burst far beyond one replica's pool (overload).
     Query(query::QueryArgs),
     /// Watch latency (webhook 200 → watcher, same and cross replica), idle-watcher fan-out, and
     /// a replica's start to ready and idle memory.

@@ -40,6 +40,9 @@ pub struct QueryArgs {
     /// Approval tasks loaded (directly, in SQL) for the ListTasks run; 0 skips it.
     #[arg(long, default_value_t = 1_000_000)]
     pub tasks: u64,
+    /// Concurrent ListTasks(page_size 1000) of the overload run; 0 skips it.
+    #[arg(long, default_value_t = 1000)]
+    pub overload_calls: usize,
 }
 
 pub async fn run(admin: &str, args: QueryArgs) -> anyhow::Result<()> {
@@ -66,6 +69,9 @@ async fn run_in(db: &BenchDb, args: &QueryArgs) -> anyhow::Result<()> {
     let (_, half_lat) = load(&channel, &ids, args, Some(ours / 2.0)).await?;
     if args.tasks > 0 {
         list_tasks(db, &channel, args).await?;
+    }
+    if args.overload_calls > 0 {
+        super::overload::run(&replica, KEY, args.overload_calls).await?;
     }
     replica.stop().await;
 

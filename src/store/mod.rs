@@ -2,7 +2,10 @@
 //! the revision counter. [`PgStore`] is the Postgres implementation; the trait keeps the rest
 //! of the service independent of it (an embedded SQLite backend is planned).
 
+mod limit;
 mod postgres;
+
+pub use limit::ReadLimit;
 
 pub use postgres::{MIGRATOR, PgStore};
 
@@ -49,6 +52,9 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("migrations failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
+    /// This replica runs as many reads as it may; the read waited for a turn and got none.
+    #[error("too many reads at once on this replica")]
+    Overloaded,
 }
 
 impl From<sqlx::migrate::MigrateError> for StoreError {
@@ -61,18 +67,26 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         use sqlx::Error::*;
         match e {
-            Io(_) | Tls(_) | PoolTimedOut | PoolClosed | WorkerCrashed => Self::Unavailable(e),
-            Database(ref db)
-                if db.code().is_some_and(|c| {
-                    // 08: connection exception, 57P: operator intervention (shutdown, terminated).
-                    c.starts_with("08") || c.starts_with("57P") || c == "3D000"
-                }) =>
-            {
+            // The connection or the server failed, not the statement: worth a retry.
+            Io(_) | Tls(_) | Protocol(_) | PoolTimedOut | PoolClosed | WorkerCrashed => {
                 Self::Unavailable(e)
             }
+            Database(ref db) if db.code().is_some_and(|c| transient(&c)) => Self::Unavailable(e),
             _ => Self::Database(e),
         }
     }
+}
+
+/// SQLSTATEs of the database's own trouble, not of a statement we got wrong: 08 connection
+/// exception, 28 authorization refused (a rotated password), 40 transaction rollback
+/// (serialization, deadlock), 53 insufficient resources, 57 operator intervention (shutdown,
+/// terminated, statement timeout), 58 system error, 3D000 the database does not exist (yet,
+/// or any more), 55000 the database does not accept connections, 55P03 lock not available.
+fn transient(code: &str) -> bool {
+    ["08", "28", "40", "53", "57", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+        || ["3D000", "55000", "55P03"].contains(&code)
 }
 
 /// Filter of `ListProcesses`. Empty fields match everything.

@@ -17,6 +17,7 @@ mod limits;
 mod longconn;
 mod metrics;
 mod ordering;
+mod overload;
 mod reflection;
 mod security;
 mod shutdown;

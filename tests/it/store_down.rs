@@ -45,6 +45,21 @@ async fn store_down_gives_503_and_not_serving_then_recovers() {
         "no internals in the answer: {text}"
     );
     wait_for_health(&app, ServingStatus::NotServing).await;
+    // Reads say the same, in a way gRPC clients retry on: UNAVAILABLE with a RetryInfo.
+    for process_id in ["not-cached-1", "not-cached-2"] {
+        let status = app
+            .api()
+            .await
+            .get_process(process_state::api::pb::GetProcessRequest {
+                process_id: process_id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        use tonic_types::StatusExt;
+        assert!(status.get_details_retry_info().is_some(), "{status:?}");
+    }
     let ready = app
         .client
         .get(format!("http://{}/readyz", app.http))

@@ -26,10 +26,18 @@ const STATEMENT_TIMEOUT: &str = "30s";
 /// A pooled connection idle this long is pinged before it is handed out.
 const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
+/// Connections of the pool that reads can never take: the ingest writer (and the spare its
+/// retry draws), the health check and the pruner have their own.
+const WRITE_CONNECTIONS: u32 = 3;
+
 /// Postgres-backed store.
 #[derive(Debug, Clone)]
 pub struct PgStore {
+    /// Reads: the API, watch catch-ups and snapshots, the change feed.
     pool: PgPool,
+    /// Ingest, the health check, pruning and migrations: a burst of reads cannot starve
+    /// them, so events are still acknowledged and health does not flip under read load.
+    write_pool: PgPool,
 }
 
 impl PgStore {
@@ -55,43 +63,52 @@ impl PgStore {
         ]);
         // One direct connection first: a pool only reports "timed out", this reports why.
         PgConnection::connect_with(&options).await?.close().await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(acquire_timeout)
-            // sqlx pings every connection it hands out: a round trip before every statement.
-            // Ping only one that sat idle for a while, as pgx and HikariCP do; one that dies
-            // mid-use fails its statement, which callers already treat as unavailable.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_IDLE_AFTER {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
+        let pool = |max_connections: u32| {
+            PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(acquire_timeout)
+                // sqlx pings every connection it hands out: a round trip before every statement.
+                // Ping only one that sat idle for a while, as pgx and HikariCP do; one that dies
+                // mid-use fails its statement, which callers already treat as unavailable.
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= PING_IDLE_AFTER {
+                            conn.ping().await?;
+                        }
+                        Ok(true)
+                    })
                 })
-            })
-            .connect_with(options)
-            .await?;
-        Ok(Self { pool })
+                .connect_lazy_with(options.clone())
+        };
+        Ok(Self {
+            pool: pool(max_connections),
+            write_pool: pool(WRITE_CONNECTIONS),
+        })
     }
 
     /// Applies pending migrations. Safe to run from several replicas at once (sqlx takes an
     /// advisory lock).
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        MIGRATOR.run(&self.write_pool).await?;
         Ok(())
     }
 
-    /// The underlying pool.
+    /// The read pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Connections the read pool may hand out.
+    pub fn read_connections(&self) -> u32 {
+        self.pool.options().get_max_connections()
     }
 }
 
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn ingest(&self, events: &[Event]) -> Result<Vec<Outcome>, StoreError> {
-        Ok(ingest::ingest(&self.pool, events).await?)
+        Ok(ingest::ingest(&self.write_pool, events).await?)
     }
 
     async fn get_process(
@@ -118,7 +135,7 @@ impl Store for PgStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("select 1").execute(&self.pool).await?;
+        sqlx::query("select 1").execute(&self.write_pool).await?;
         Ok(())
     }
 
@@ -148,7 +165,7 @@ impl Store for PgStore {
     }
 
     async fn prune(&self, retention: Retention) -> Result<i64, StoreError> {
-        changes::prune(&self.pool, retention).await
+        changes::prune(&self.write_pool, retention).await
     }
 
     async fn doorbell(&self) -> Result<Box<dyn Doorbell>, StoreError> {
