@@ -132,6 +132,7 @@ impl ProcessService for ProcessApi {
         &self,
         request: Request<GetProcessRequest>,
     ) -> Result<Response<GetProcessResponse>, Status> {
+        let request_timeout = request.metadata().get("grpc-timeout").cloned();
         let GetProcessRequest {
             process_id,
             min_revision,
@@ -140,13 +141,26 @@ impl ProcessService for ProcessApi {
         if min_revision < 0 {
             return Err(ApiError::invalid("min_revision", "must not be negative").into());
         }
-        let (process, revision) = self
-            .cache
-            .get_or_read(&process_id, min_revision, || {
+        let read = || {
+            self.cache.get_or_read(&process_id, min_revision, || {
                 self.reads.run(self.store.get_process(&process_id))
             })
-            .await
-            .map_err(ApiError::from)?;
+        };
+        let (mut process, mut revision) = read().await.map_err(ApiError::from)?;
+        if revision < min_revision {
+            // Not committed yet anywhere: wait for it, within the call's deadline and
+            // MIN_REVISION_WAIT, then read again; still not there, it is in the future.
+            // Leave a fifth of the deadline to answer in.
+            let left = deadline(request_timeout.as_ref());
+            let wait = (left - left / 5).min(MIN_REVISION_WAIT);
+            if self.watchers.reached(min_revision, wait).await {
+                (process, revision) = read().await.map_err(ApiError::from)?;
+            }
+            if revision < min_revision {
+                let msg = format!("is in the future: the latest revision is {revision}");
+                return Err(ApiError::invalid("min_revision", msg).into());
+            }
+        }
         let process = process.ok_or(ApiError::ProcessNotFound(process_id))?;
         Ok(Response::new(GetProcessResponse {
             process: Some(Arc::unwrap_or_clone(process)),
@@ -217,6 +231,31 @@ impl ProcessService for ProcessApi {
             revision: page.revision,
         }))
     }
+}
+
+/// Longest GetProcess waits for a `min_revision` that is not committed yet.
+const MIN_REVISION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The time a call has left by its `grpc-timeout` header (`<digits><unit>`, gRPC over HTTP/2),
+/// or "unbounded".
+fn deadline(
+    header: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> std::time::Duration {
+    use std::time::Duration;
+    let parsed = header.and_then(|v| v.to_str().ok()).and_then(|v| {
+        let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+        let n: u64 = digits.parse().ok()?;
+        Some(match unit {
+            "H" => Duration::from_secs(n.saturating_mul(3600)),
+            "M" => Duration::from_secs(n.saturating_mul(60)),
+            "S" => Duration::from_secs(n),
+            "m" => Duration::from_millis(n),
+            "u" => Duration::from_micros(n),
+            "n" => Duration::from_nanos(n),
+            _ => return None,
+        })
+    });
+    parsed.unwrap_or(Duration::MAX)
 }
 
 /// Feishu ids are decimal strings today; accept what an id could plausibly become, refuse what

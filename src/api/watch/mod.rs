@@ -107,6 +107,24 @@ impl Watchers {
         }
     }
 
+    /// Waits until this replica's change feed has reached `revision`, at most `within`;
+    /// whether it did.
+    pub async fn reached(&self, revision: i64, within: Duration) -> bool {
+        let mut sets = self.hub.subscribe();
+        let deadline = Instant::now() + within;
+        loop {
+            let head = self.hub.head();
+            if head != i64::MAX && head >= revision {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, sets.recv()).await {
+                Ok(Ok(set)) if set.revision >= revision => return true,
+                Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
+                Ok(Err(RecvError::Closed)) | Err(_) => return false,
+            }
+        }
+    }
+
     /// Streams open right now.
     pub fn open_streams(&self) -> usize {
         self.open.load(Ordering::Relaxed)
