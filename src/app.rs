@@ -253,6 +253,9 @@ impl App {
             .layer(tower::util::option_layer(cors(&config.cors_allow_origins)))
             .layer(auth)
             .layer(crate::metrics::RpcMetricsLayer(metrics.clone()))
+            .layer(tower::util::MapResponseLayer::new(
+                crate::api::oversize_is_resource_exhausted,
+            ))
             // The dashboard's page and script, next to the API it calls.
             .layer(crate::dashboard::DashboardLayer)
             .layer(tonic_web::GrpcWebLayer::new())

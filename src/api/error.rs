@@ -74,3 +74,22 @@ impl From<ApiError> for Status {
         }
     }
 }
+
+/// tonic answers a request message over its size limit `OUT_OF_RANGE`; the gRPC spec says
+/// `RESOURCE_EXHAUSTED`, which is what clients expect for it. Rewrites that one answer (its
+/// status is in the headers of a trailers-only response).
+pub fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    const TOO_LARGE: &[&[u8]] = &[
+        b"Error, decoded message length too large",
+        b"Error,%20decoded%20message%20length%20too%20large",
+    ];
+    let headers = response.headers_mut();
+    let too_large = headers.get("grpc-status").is_some_and(|s| s == "11")
+        && headers
+            .get("grpc-message")
+            .is_some_and(|m| TOO_LARGE.iter().any(|p| m.as_bytes().starts_with(p)));
+    if too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}

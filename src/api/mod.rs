@@ -3,11 +3,12 @@
 
 mod convert;
 mod error;
+mod filter;
 mod page_token;
 pub mod pb;
 pub mod watch;
 
-pub use error::{ApiError, ERROR_DOMAIN};
+pub use error::{ApiError, ERROR_DOMAIN, oversize_is_resource_exhausted};
 
 use crate::cache::ProcessCache;
 use crate::domain::{ProcessStatus, TaskStatus, TaskType, WatchFilter};
@@ -23,6 +24,9 @@ use std::sync::Arc;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use watch::{WatchRequest, Watchers};
+
+/// Largest request message accepted.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// Page size when the request gives none.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
@@ -63,6 +67,8 @@ impl ProcessApi {
     pub fn into_service(self) -> ProcessServiceServer<Self> {
         use tonic::codec::CompressionEncoding::{Gzip, Zstd};
         ProcessServiceServer::new(self)
+            // Requests are small; 1 MiB is room to spare (over it: RESOURCE_EXHAUSTED).
+            .max_decoding_message_size(MAX_REQUEST_BYTES)
             .accept_compressed(Gzip)
             .accept_compressed(Zstd)
             .send_compressed(Gzip)
@@ -110,7 +116,14 @@ impl ProcessService for ProcessApi {
         &self,
         request: Request<WatchProcessesRequest>,
     ) -> Result<Response<Self::WatchProcessesStream>, Status> {
-        let req = request.into_inner();
+        let mut req = request.into_inner();
+        filter::enums::<pb::ProcessStatus>("statuses", &mut req.statuses)?;
+        filter::text("biz_type", &req.biz_type, filter::MAX_BIZ_TYPE)?;
+        filter::text(
+            "flow_definition_id",
+            &req.flow_definition_id,
+            filter::MAX_ID,
+        )?;
         let filter = WatchFilter {
             process_id: None,
             statuses: req.statuses.iter().map(|&s| ProcessStatus(s)).collect(),
@@ -173,6 +186,13 @@ impl ProcessService for ProcessApi {
         request: Request<ListProcessesRequest>,
     ) -> Result<Response<ListProcessesResponse>, Status> {
         let mut req = request.into_inner();
+        filter::enums::<pb::ProcessStatus>("statuses", &mut req.statuses)?;
+        filter::text("biz_type", &req.biz_type, filter::MAX_BIZ_TYPE)?;
+        filter::text(
+            "flow_definition_id",
+            &req.flow_definition_id,
+            filter::MAX_ID,
+        )?;
         let (page, fingerprint) = start_page(&mut req)?;
         let filter = ProcessFilter {
             statuses: req.statuses.iter().map(|&s| ProcessStatus(s)).collect(),
@@ -202,6 +222,19 @@ impl ProcessService for ProcessApi {
         request: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
         let mut req = request.into_inner();
+        filter::enums::<pb::TaskStatus>("statuses", &mut req.statuses)?;
+        filter::enums::<pb::TaskType>("types", &mut req.types)?;
+        filter::text("biz_type", &req.biz_type, filter::MAX_BIZ_TYPE)?;
+        filter::text(
+            "flow_definition_id",
+            &req.flow_definition_id,
+            filter::MAX_ID,
+        )?;
+        filter::text(
+            "node_definition_id",
+            &req.node_definition_id,
+            filter::MAX_ID,
+        )?;
         let (page, fingerprint) = start_page(&mut req)?;
         if !req.process_id.is_empty() {
             validate_id("process_id", &req.process_id)?;
@@ -281,10 +314,14 @@ fn validate_id(field: &'static str, id: &str) -> Result<(), ApiError> {
 
 /// A list request: its paging fields, taken out so the rest is the filter.
 trait Paged: prost::Message + Sized {
+    /// The RPC's name: a page token is bound to it as well as to the filter.
+    const RPC: &'static str;
     fn take_paging(&mut self) -> (i32, String);
 }
 
 impl Paged for ListProcessesRequest {
+    const RPC: &'static str = "ListProcesses";
+
     fn take_paging(&mut self) -> (i32, String) {
         (
             std::mem::take(&mut self.page_size),
@@ -294,6 +331,8 @@ impl Paged for ListProcessesRequest {
 }
 
 impl Paged for ListTasksRequest {
+    const RPC: &'static str = "ListTasks";
+
     fn take_paging(&mut self) -> (i32, String) {
         (
             std::mem::take(&mut self.page_size),
@@ -304,10 +343,10 @@ impl Paged for ListTasksRequest {
 
 /// Validates the paging fields and returns where to start and the filter's fingerprint (the
 /// request with paging cleared), which binds the page tokens to the filter.
-fn start_page(req: &mut impl Paged) -> Result<(PageRequest, String), ApiError> {
+fn start_page<R: Paged>(req: &mut R) -> Result<(PageRequest, String), ApiError> {
     let (size, token) = req.take_paging();
     let limit = page_size(size)?;
-    let fingerprint = page_token::fingerprint(req);
+    let fingerprint = page_token::fingerprint(R::RPC, req);
     Ok((
         PageRequest {
             after: resume_after(&token, &fingerprint)?,

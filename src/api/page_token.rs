@@ -1,8 +1,9 @@
 //! AIP-158 page tokens: opaque to callers, bound to the filter they were issued for.
 //!
 //! A token is base64url of `{"after": <last id>, "filter": <fingerprint>}`; the fingerprint is
-//! a SHA-256 prefix of the request with its paging fields cleared, so a token reused with
-//! another filter is refused instead of silently paging something else. Paging is keyset by
+//! a SHA-256 prefix of the RPC's name and the request with its paging fields cleared, so a
+//! token reused with another filter or another RPC is refused instead of silently paging
+//! something else. Paging is keyset by
 //! id, so items that did not change are neither skipped nor repeated while events arrive.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -15,9 +16,14 @@ struct Token {
     filter: String,
 }
 
-/// Fingerprint of a request's filter: hash of its protobuf encoding with paging cleared.
-pub fn fingerprint(filter_only: &impl prost::Message) -> String {
-    hex::encode(&Sha256::digest(filter_only.encode_to_vec())[..12])
+/// Fingerprint of an RPC's filter: hash of the RPC's name and the request's protobuf encoding
+/// with paging cleared (its repeated fields canonical, so their order does not matter).
+pub fn fingerprint(rpc: &str, filter_only: &impl prost::Message) -> String {
+    let mut hash = Sha256::new();
+    hash.update(rpc.as_bytes());
+    hash.update([0]);
+    hash.update(filter_only.encode_to_vec());
+    hex::encode(&hash.finalize()[..12])
 }
 
 pub fn encode(after: &str, fingerprint: &str) -> String {

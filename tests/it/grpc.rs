@@ -513,3 +513,141 @@ async fn gzip_and_zstd_are_negotiated() {
     }
     app.stop().await;
 }
+
+/// Inputs are bounded with a BadRequest naming the field; page tokens are bound to their RPC
+/// and to a canonical filter; an over-size request is RESOURCE_EXHAUSTED.
+#[tokio::test]
+async fn inputs_are_bounded_and_tokens_bound_to_rpc_and_canonical_filter() {
+    use process_state::api::pb::WatchProcessesRequest;
+    use process_state::api::pb::process_service_client::ProcessServiceClient;
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(config(&db)).await;
+    for n in 0..6 {
+        assert_eq!(
+            app.deliver(&task_event(n, &format!("{}", 810 + n), 1, "leave"))
+                .await
+                .0,
+            200
+        );
+    }
+    let mut api = app.api().await;
+    let field_of = |status: &tonic::Status| {
+        let details = status.get_details_bad_request().expect("a BadRequest");
+        details.field_violations[0].field.clone()
+    };
+    let long_biz = "b".repeat(201);
+    let cases: Vec<(&str, ListTasksRequest)> = vec![
+        (
+            "biz_type",
+            ListTasksRequest {
+                biz_type: long_biz.clone(),
+                ..Default::default()
+            },
+        ),
+        (
+            "statuses",
+            ListTasksRequest {
+                statuses: vec![1; 100],
+                ..Default::default()
+            },
+        ),
+        (
+            "types",
+            ListTasksRequest {
+                types: vec![1; 100],
+                ..Default::default()
+            },
+        ),
+        (
+            "node_definition_id",
+            ListTasksRequest {
+                node_definition_id: "n".repeat(65),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (field, request) in cases {
+        let status = api.list_tasks(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert_eq!(field_of(&status), field);
+    }
+    let status = api
+        .list_processes(ListProcessesRequest {
+            statuses: vec![1; 1_000_000],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), field_of(&status)),
+        (Code::InvalidArgument, "statuses".into())
+    );
+    let status = api
+        .watch_processes(WatchProcessesRequest {
+            biz_type: long_biz,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), field_of(&status)),
+        (Code::InvalidArgument, "biz_type".into())
+    );
+
+    // [A, B] and [B, A] are one filter: a token of one pages the other.
+    let first = api
+        .list_tasks(ListTasksRequest {
+            page_size: 2,
+            statuses: vec![1, 2],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let second = api
+        .list_tasks(ListTasksRequest {
+            page_size: 2,
+            statuses: vec![2, 1, 2],
+            page_token: first.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("the same filter in another order")
+        .into_inner();
+    assert_eq!(second.tasks.len(), 2);
+    assert_ne!(first.tasks[0].approver_id, second.tasks[0].approver_id);
+
+    // A ListProcesses token is refused by ListTasks, even with the same (empty) filter.
+    let processes = api
+        .list_processes(ListProcessesRequest {
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = api
+        .list_tasks(ListTasksRequest {
+            page_size: 1,
+            page_token: processes.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), field_of(&status)),
+        (Code::InvalidArgument, "page_token".into())
+    );
+
+    // Over the request size limit: RESOURCE_EXHAUSTED, as the gRPC spec says.
+    let mut big = ProcessServiceClient::new(app.grpc_channel().await);
+    let status = big
+        .list_tasks(ListTasksRequest {
+            biz_type: "x".repeat(2 * 1024 * 1024),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    app.stop().await;
+}
