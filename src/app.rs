@@ -259,6 +259,7 @@ impl App {
             // The dashboard's page and script, next to the API it calls.
             .layer(crate::dashboard::DashboardLayer)
             .layer(tonic_web::GrpcWebLayer::new())
+            .layer(crate::api::deadline::DeadlineLayer)
             // Keepalive pings keep idle watch streams open through proxies and find dead peers.
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -2,6 +2,7 @@
 //! conversion to protobuf. Health and reflection are assembled with it in `app`.
 
 mod convert;
+pub mod deadline;
 mod error;
 mod filter;
 mod page_token;
@@ -145,7 +146,8 @@ impl ProcessService for ProcessApi {
         &self,
         request: Request<GetProcessRequest>,
     ) -> Result<Response<GetProcessResponse>, Status> {
-        let request_timeout = request.metadata().get("grpc-timeout").cloned();
+        let left = deadline::parse_timeout(request.metadata().as_ref())
+            .unwrap_or(std::time::Duration::MAX);
         let GetProcessRequest {
             process_id,
             min_revision,
@@ -164,7 +166,6 @@ impl ProcessService for ProcessApi {
             // Not committed yet anywhere: wait for it, within the call's deadline and
             // MIN_REVISION_WAIT, then read again; still not there, it is in the future.
             // Leave a fifth of the deadline to answer in.
-            let left = deadline(request_timeout.as_ref());
             let wait = (left - left / 5).min(MIN_REVISION_WAIT);
             if self.watchers.reached(min_revision, wait).await {
                 (process, revision) = read().await.map_err(ApiError::from)?;
@@ -268,28 +269,6 @@ impl ProcessService for ProcessApi {
 
 /// Longest GetProcess waits for a `min_revision` that is not committed yet.
 const MIN_REVISION_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// The time a call has left by its `grpc-timeout` header (`<digits><unit>`, gRPC over HTTP/2),
-/// or "unbounded".
-fn deadline(
-    header: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
-) -> std::time::Duration {
-    use std::time::Duration;
-    let parsed = header.and_then(|v| v.to_str().ok()).and_then(|v| {
-        let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
-        let n: u64 = digits.parse().ok()?;
-        Some(match unit {
-            "H" => Duration::from_secs(n.saturating_mul(3600)),
-            "M" => Duration::from_secs(n.saturating_mul(60)),
-            "S" => Duration::from_secs(n),
-            "m" => Duration::from_millis(n),
-            "u" => Duration::from_micros(n),
-            "n" => Duration::from_nanos(n),
-            _ => return None,
-        })
-    });
-    parsed.unwrap_or(Duration::MAX)
-}
 
 /// Feishu ids are decimal strings today; accept what an id could plausibly become, refuse what
 /// cannot be one (empty, huge, spaces, punctuation).
