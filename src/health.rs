@@ -100,11 +100,11 @@ pub fn start(
     })
 }
 
-/// Whether the store answers within `timeout`. A failure is tried once more: the first
-/// attempt may have drawn a pooled connection that died (a restarted backend), which says
-/// nothing about the database itself.
+/// Whether the store answers within `timeout`. A failure is tried again, up to once per
+/// connection the write pool holds and once more: an attempt may have drawn a pooled
+/// connection that died (a restarted backend), which says nothing about the database itself.
 async fn ping(store: &dyn Store, timeout: Duration) -> bool {
-    for _ in 0..2 {
+    for _ in 0..4 {
         if let Ok(Ok(())) = tokio::time::timeout(timeout, store.ping()).await {
             return true;
         }

@@ -1,13 +1,16 @@
-//! Folds one ingest batch over the current rows, in memory: which events are new, which apply
-//! (ARCHITECTURE.md invariant 3: only a greater `(event_time, event_id)` applies), the
-//! revision each applied event gets (gap-free, in batch order), the final row of every touched
-//! entity and the change-log rows. `ingest.rs` reads the rows before and writes the result,
-//! with a constant number of statements per batch whatever its size.
+//! Folds one ingest batch over the current rows, in memory: which events are new, which apply,
+//! the revision each applied event gets (gap-free, in batch order), the final row of every
+//! touched entity and the change-log rows. `ingest.rs` reads the rows before and writes the
+//! result, with a constant number of statements per batch whatever its size.
 //!
-//! The rules are exactly those of one statement per event run in batch order: an event
-//! overwrites the fields it carries and keeps the others; a child event for an unknown process
-//! creates the process with unknown status (invariant 4), logged under the child's revision.
+//! Rows merge per field (`merge.rs`, invariant 3), so any order of the same events ends in the
+//! same rows. An event whose fields are all older than what set them changes nothing a watcher
+//! sees: it is kept with no revision, though the stamps it moved are written. A child event
+//! merges its process's business type, definition, tenant and app into the process row, and
+//! for an unknown process creates the row with unknown status (invariant 4), logged under the
+//! child's revision.
 
+use super::merge::Merge;
 use super::rows::{CcState, NodeState, ProcessState, TaskState};
 use crate::domain::{CcUpdate, Event, NodeUpdate, ProcessUpdate, TaskUpdate, Update};
 use crate::store::Outcome;
@@ -84,21 +87,11 @@ pub(super) fn touched(
     (p, n, t, c)
 }
 
-/// The event's value of a field when it carries one, else the stored one.
-fn pick(new: &Option<String>, old: Option<&String>) -> Option<String> {
-    new.clone().or_else(|| old.cloned())
-}
-
 /// The plan's and the batch's rows of one table.
 type RowMaps<T> = for<'a> fn(
     &'a mut Plan,
     &'a mut Current,
 ) -> (&'a mut HashMap<String, T>, &'a mut HashMap<String, T>);
-
-/// Whether an event with this key is newer than the row's `(event_time, event_id)`.
-fn newer(row: (i64, &str), event: &Event) -> bool {
-    row < (event.create_time, event.event_id.as_str())
-}
 
 fn json<T: Serialize>(row: &T) -> serde_json::Value {
     serde_json::to_value(row).expect("rows serialize")
@@ -148,51 +141,156 @@ pub(super) fn fold(
     f.plan
 }
 
+/// What the fold keeps of a stored row whose stamps moved but whose values did not.
+trait Kept {
+    fn keep(&mut self, revision: i64, change_time: DateTime<Utc>);
+}
+
+macro_rules! kept {
+    ($($row:ty),*) => {$(
+        impl Kept for $row {
+            fn keep(&mut self, revision: i64, change_time: DateTime<Utc>) {
+                self.revision = revision;
+                self.change_time = change_time;
+            }
+        }
+    )*};
+}
+kept!(ProcessState, NodeState, TaskState, CcState);
+
 impl Folder<'_> {
-    /// Applies one new event under `revision`; false when it changed nothing.
+    /// Applies one new event under `revision`; false when it changed nothing watchers see.
     fn apply(&mut self, event: &Event, update: &Update, revision: i64) -> bool {
         match update {
             Update::Process(u) => self.process(event, u, revision),
             Update::Node(u) => {
-                let created = self.ensure_process(event, update, revision);
-                self.node(event, u, revision) || created
+                let process = self.process_from_child(event, update, revision);
+                self.node(event, u, revision) || process
             }
             Update::Task(u) => {
-                let created = self.ensure_process(event, update, revision);
-                self.task(event, u, revision) || created
+                let process = self.process_from_child(event, update, revision);
+                self.task(event, u, revision) || process
             }
             Update::Cc(u) => {
-                let created = self.ensure_process(event, update, revision);
-                self.cc(event, u, revision) || created
+                let process = self.process_from_child(event, update, revision);
+                self.cc(event, u, revision) || process
             }
         }
     }
 
     fn process(&mut self, event: &Event, u: &ProcessUpdate, revision: i64) -> bool {
-        let old = self.current.processes.get(&u.process_id);
-        if let Some(old) = old
-            && let (Some(time), Some(id)) = (old.event_time, &old.event_id)
-            && !newer((time, id), event)
-        {
+        let old = self.current.processes.get(&u.process_id).cloned();
+        let old = old.as_ref();
+        let stored = old.and_then(|o| o.event_time.zip(o.event_id.as_deref()));
+        let mut m = Merge::new(event, old.map(|o| &o.versions), stored);
+        let status = m.field(
+            "status",
+            &u.status.map(|s| s.0),
+            old.and_then(|o| o.status.as_ref()),
+        );
+        let biz_type = m.field(
+            "biz_type",
+            &u.biz_type,
+            old.and_then(|o| o.biz_type.as_ref()),
+        );
+        let flow_definition_id = m.field(
+            "flow_definition_id",
+            &u.flow_definition_id,
+            old.and_then(|o| o.flow_definition_id.as_ref()),
+        );
+        let properties = m.field(
+            "properties",
+            &u.properties.map(|p| p.0),
+            old.and_then(|o| o.properties.as_ref()),
+        );
+        let tenant_key = m.field(
+            "tenant_key",
+            &event.tenant_key,
+            old.and_then(|o| o.tenant_key.as_ref()),
+        );
+        let app_id = m.field("app_id", &event.app_id, old.and_then(|o| o.app_id.as_ref()));
+        let (event_time, event_id) = m.entity(stored);
+        let row = ProcessState {
+            process_id: u.process_id.clone(),
+            status,
+            biz_type,
+            flow_definition_id,
+            properties,
+            tenant_key,
+            app_id,
+            event_time: Some(event_time),
+            event_id: Some(event_id),
+            change_time: self.now,
+            revision,
+            versions: Default::default(),
+        };
+        self.put_process(event, old, row, m, revision)
+    }
+
+    /// A child event carries its process's business type, definition, tenant and app: they
+    /// merge into the process row as a process event's would (the newest carrier wins), and
+    /// the row is created with unknown status when the process is not known yet (invariant 4).
+    /// The process's own stamp is its process events'; a child event never moves it.
+    fn process_from_child(&mut self, event: &Event, update: &Update, revision: i64) -> bool {
+        let process_id = update.process_id();
+        let old = self.current.processes.get(process_id).cloned();
+        let old = old.as_ref();
+        let stored = old.and_then(|o| o.event_time.zip(o.event_id.as_deref()));
+        let mut m = Merge::new(event, old.map(|o| &o.versions), stored);
+        let biz_type = m.field(
+            "biz_type",
+            &update.biz_type().map(str::to_owned),
+            old.and_then(|o| o.biz_type.as_ref()),
+        );
+        let flow_definition_id = m.field(
+            "flow_definition_id",
+            &update.flow_definition_id().map(str::to_owned),
+            old.and_then(|o| o.flow_definition_id.as_ref()),
+        );
+        let tenant_key = m.field(
+            "tenant_key",
+            &event.tenant_key,
+            old.and_then(|o| o.tenant_key.as_ref()),
+        );
+        let app_id = m.field("app_id", &event.app_id, old.and_then(|o| o.app_id.as_ref()));
+        m.changed |= old.is_none();
+        let row = ProcessState {
+            process_id: process_id.to_owned(),
+            status: old.and_then(|o| o.status),
+            biz_type,
+            flow_definition_id,
+            properties: old.and_then(|o| o.properties),
+            tenant_key,
+            app_id,
+            event_time: old.and_then(|o| o.event_time),
+            event_id: old.and_then(|o| o.event_id.clone()),
+            change_time: self.now,
+            revision,
+            versions: Default::default(),
+        };
+        self.put_process(event, old, row, m, revision)
+    }
+
+    /// Puts a merged process row in the plan: logged under `revision` when a value changed
+    /// (true), or kept quietly, with its revision, when only stamps moved.
+    fn put_process(
+        &mut self,
+        event: &Event,
+        old: Option<&ProcessState>,
+        mut row: ProcessState,
+        m: Merge<'_>,
+        revision: i64,
+    ) -> bool {
+        if !m.stamped && !m.changed {
+            return false;
+        }
+        row.versions = m.versions;
+        if let (false, Some(old)) = (m.changed, old) {
+            row.keep(old.revision, old.change_time);
+            self.store_process(row);
             return false;
         }
         let previous_status = old.and_then(|o| o.status);
-        let row = ProcessState {
-            process_id: u.process_id.clone(),
-            status: u.status.map(|s| s.0).or(previous_status),
-            biz_type: pick(&u.biz_type, old.and_then(|o| o.biz_type.as_ref())),
-            flow_definition_id: pick(
-                &u.flow_definition_id,
-                old.and_then(|o| o.flow_definition_id.as_ref()),
-            ),
-            properties: u.properties.map(|p| p.0).or(old.and_then(|o| o.properties)),
-            tenant_key: pick(&event.tenant_key, old.and_then(|o| o.tenant_key.as_ref())),
-            app_id: pick(&event.app_id, old.and_then(|o| o.app_id.as_ref())),
-            event_time: Some(event.create_time),
-            event_id: Some(event.event_id.clone()),
-            change_time: self.now,
-            revision,
-        };
         self.plan.changes.push(ChangeRow {
             revision,
             entity: "process",
@@ -217,62 +315,38 @@ impl Folder<'_> {
         self.current.processes.insert(row.process_id.clone(), row);
     }
 
-    /// A child event's process: created with unknown status when not known yet.
-    fn ensure_process(&mut self, event: &Event, update: &Update, revision: i64) -> bool {
-        let process_id = update.process_id();
-        if self.current.processes.contains_key(process_id) {
-            return false;
-        }
-        let row = ProcessState {
-            process_id: process_id.to_owned(),
-            status: None,
-            biz_type: update.biz_type().map(str::to_owned),
-            flow_definition_id: update.flow_definition_id().map(str::to_owned),
-            properties: None,
-            tenant_key: event.tenant_key.clone(),
-            app_id: event.app_id.clone(),
-            event_time: None,
-            event_id: None,
-            change_time: self.now,
-            revision,
-        };
-        self.plan.changes.push(ChangeRow {
-            revision,
-            entity: "process",
-            entity_id: row.process_id.clone(),
-            process_id: row.process_id.clone(),
-            event_id: event.event_id.clone(),
-            state: json(&row),
-            change_time: self.now,
-            process_status: None,
-            previous_process_status: None,
-            process_biz_type: row.biz_type.clone(),
-            process_flow_definition_id: row.flow_definition_id.clone(),
-        });
-        self.store_process(row);
-        true
-    }
-
-    /// Logs a child entity's new row (with its process's filterable fields) and makes it the
-    /// entity's row in the plan and for the rest of the batch. `maps` picks the entity's table.
+    /// Puts a merged child row in the plan: logged (with its process's filterable fields)
+    /// under `revision` when a value changed (true), or kept quietly, with its revision, when
+    /// only stamps moved. `maps` picks the entity's table.
     #[allow(clippy::too_many_arguments)]
-    fn record_child<T: Serialize + Clone>(
+    fn put_child<T: Serialize + Clone + Kept>(
         &mut self,
         event: &Event,
         entity: &'static str,
-        entity_id: String,
-        process_id: &str,
-        row: T,
+        (entity_id, process_id): (String, String),
+        mut row: T,
+        m: &Merge<'_>,
+        kept: Option<(i64, DateTime<Utc>)>,
         revision: i64,
         maps: RowMaps<T>,
-    ) {
-        let process = self.current.processes.get(process_id);
+    ) -> bool {
+        if !m.stamped && !m.changed {
+            return false;
+        }
+        if let (false, Some((old_revision, old_time))) = (m.changed, kept) {
+            row.keep(old_revision, old_time);
+            let (planned, current) = maps(&mut self.plan, self.current);
+            planned.insert(entity_id.clone(), row.clone());
+            current.insert(entity_id, row);
+            return false;
+        }
+        let process = self.current.processes.get(&process_id);
         let status = process.and_then(|p| p.status);
         self.plan.changes.push(ChangeRow {
             revision,
             entity,
             entity_id: entity_id.clone(),
-            process_id: process_id.to_owned(),
+            process_id: process_id.clone(),
             event_id: event.event_id.clone(),
             state: json(&row),
             change_time: self.now,
@@ -284,103 +358,175 @@ impl Folder<'_> {
         let (planned, current) = maps(&mut self.plan, self.current);
         planned.insert(entity_id.clone(), row.clone());
         current.insert(entity_id, row);
+        true
     }
 
     fn node(&mut self, event: &Event, u: &NodeUpdate, revision: i64) -> bool {
-        let old = self.current.nodes.get(&u.process_node_id);
-        if old.is_some_and(|o| !newer((o.event_time, &o.event_id), event)) {
-            return false;
-        }
+        let old = self.current.nodes.get(&u.process_node_id).cloned();
+        let old = old.as_ref();
+        let stored = old.map(|o| (o.event_time, o.event_id.as_str()));
+        let mut m = Merge::new(event, old.map(|o| &o.versions), stored);
+        let node_definition_id = m.field(
+            "node_definition_id",
+            &u.node_definition_id,
+            old.and_then(|o| o.node_definition_id.as_ref()),
+        );
+        let flow_definition_id = m.field(
+            "flow_definition_id",
+            &u.flow_definition_id,
+            old.and_then(|o| o.flow_definition_id.as_ref()),
+        );
+        let node_type = m.field(
+            "node_type",
+            &u.node_type.map(|v| v.0),
+            old.and_then(|o| o.node_type.as_ref()),
+        );
+        let node_status = m.field(
+            "node_status",
+            &u.node_status.map(|v| v.0),
+            old.and_then(|o| o.node_status.as_ref()),
+        );
+        let biz_type = m.field(
+            "biz_type",
+            &u.biz_type,
+            old.and_then(|o| o.biz_type.as_ref()),
+        );
+        let tenant_key = m.field(
+            "tenant_key",
+            &event.tenant_key,
+            old.and_then(|o| o.tenant_key.as_ref()),
+        );
+        let app_id = m.field("app_id", &event.app_id, old.and_then(|o| o.app_id.as_ref()));
+        let (event_time, event_id) = m.entity(stored);
         let row = NodeState {
             process_node_id: u.process_node_id.clone(),
             process_id: u.process_id.clone(),
-            node_definition_id: pick(
-                &u.node_definition_id,
-                old.and_then(|o| o.node_definition_id.as_ref()),
-            ),
-            flow_definition_id: pick(
-                &u.flow_definition_id,
-                old.and_then(|o| o.flow_definition_id.as_ref()),
-            ),
-            node_type: u.node_type.map(|v| v.0).or(old.and_then(|o| o.node_type)),
-            node_status: u
-                .node_status
-                .map(|v| v.0)
-                .or(old.and_then(|o| o.node_status)),
-            biz_type: pick(&u.biz_type, old.and_then(|o| o.biz_type.as_ref())),
-            tenant_key: pick(&event.tenant_key, old.and_then(|o| o.tenant_key.as_ref())),
-            app_id: pick(&event.app_id, old.and_then(|o| o.app_id.as_ref())),
-            event_time: event.create_time,
-            event_id: event.event_id.clone(),
+            node_definition_id,
+            flow_definition_id,
+            node_type,
+            node_status,
+            biz_type,
+            tenant_key,
+            app_id,
+            event_time,
+            event_id,
             change_time: self.now,
             revision,
+            versions: m.versions.clone(),
         };
-        let (id, process_id) = (row.process_node_id.clone(), row.process_id.clone());
-        self.record_child(event, "node", id, &process_id, row, revision, |p, c| {
+        let ids = (row.process_node_id.clone(), row.process_id.clone());
+        let kept = old.map(|o| (o.revision, o.change_time));
+        self.put_child(event, "node", ids, row, &m, kept, revision, |p, c| {
             (&mut p.nodes, &mut c.nodes)
-        });
-        true
+        })
     }
 
     fn task(&mut self, event: &Event, u: &TaskUpdate, revision: i64) -> bool {
-        let old = self.current.tasks.get(&u.approver_id);
-        if old.is_some_and(|o| !newer((o.event_time, &o.event_id), event)) {
-            return false;
-        }
+        let old = self.current.tasks.get(&u.approver_id).cloned();
+        let old = old.as_ref();
+        let stored = old.map(|o| (o.event_time, o.event_id.as_str()));
+        let mut m = Merge::new(event, old.map(|o| &o.versions), stored);
+        let task_type = m.field(
+            "task_type",
+            &u.task_type.map(|v| v.0),
+            old.and_then(|o| o.task_type.as_ref()),
+        );
+        let status = m.field(
+            "status",
+            &u.status.map(|v| v.0),
+            old.and_then(|o| o.status.as_ref()),
+        );
+        let biz_type = m.field(
+            "biz_type",
+            &u.biz_type,
+            old.and_then(|o| o.biz_type.as_ref()),
+        );
+        let flow_definition_id = m.field(
+            "flow_definition_id",
+            &u.flow_definition_id,
+            old.and_then(|o| o.flow_definition_id.as_ref()),
+        );
+        let node_definition_id = m.field(
+            "node_definition_id",
+            &u.node_definition_id,
+            old.and_then(|o| o.node_definition_id.as_ref()),
+        );
+        let process_node_id = m.field(
+            "process_node_id",
+            &u.process_node_id,
+            old.and_then(|o| o.process_node_id.as_ref()),
+        );
+        let tenant_key = m.field(
+            "tenant_key",
+            &event.tenant_key,
+            old.and_then(|o| o.tenant_key.as_ref()),
+        );
+        let app_id = m.field("app_id", &event.app_id, old.and_then(|o| o.app_id.as_ref()));
+        let (event_time, event_id) = m.entity(stored);
         let row = TaskState {
             approver_id: u.approver_id.clone(),
             process_id: u.process_id.clone(),
-            task_type: u.task_type.map(|v| v.0).or(old.and_then(|o| o.task_type)),
-            status: u.status.map(|v| v.0).or(old.and_then(|o| o.status)),
-            biz_type: pick(&u.biz_type, old.and_then(|o| o.biz_type.as_ref())),
-            flow_definition_id: pick(
-                &u.flow_definition_id,
-                old.and_then(|o| o.flow_definition_id.as_ref()),
-            ),
-            node_definition_id: pick(
-                &u.node_definition_id,
-                old.and_then(|o| o.node_definition_id.as_ref()),
-            ),
-            process_node_id: pick(
-                &u.process_node_id,
-                old.and_then(|o| o.process_node_id.as_ref()),
-            ),
-            tenant_key: pick(&event.tenant_key, old.and_then(|o| o.tenant_key.as_ref())),
-            app_id: pick(&event.app_id, old.and_then(|o| o.app_id.as_ref())),
-            event_time: event.create_time,
-            event_id: event.event_id.clone(),
+            task_type,
+            status,
+            biz_type,
+            flow_definition_id,
+            node_definition_id,
+            process_node_id,
+            tenant_key,
+            app_id,
+            event_time,
+            event_id,
             change_time: self.now,
             revision,
+            versions: m.versions.clone(),
         };
-        let (id, process_id) = (row.approver_id.clone(), row.process_id.clone());
-        self.record_child(event, "task", id, &process_id, row, revision, |p, c| {
+        let ids = (row.approver_id.clone(), row.process_id.clone());
+        let kept = old.map(|o| (o.revision, o.change_time));
+        self.put_child(event, "task", ids, row, &m, kept, revision, |p, c| {
             (&mut p.tasks, &mut c.tasks)
-        });
-        true
+        })
     }
 
     fn cc(&mut self, event: &Event, u: &CcUpdate, revision: i64) -> bool {
-        let old = self.current.cc_tasks.get(&u.approver_id);
-        if old.is_some_and(|o| !newer((o.event_time, &o.event_id), event)) {
-            return false;
-        }
+        let old = self.current.cc_tasks.get(&u.approver_id).cloned();
+        let old = old.as_ref();
+        let stored = old.map(|o| (o.event_time, o.event_id.as_str()));
+        let mut m = Merge::new(event, old.map(|o| &o.versions), stored);
+        let status = m.field(
+            "status",
+            &u.status.map(|v| v.0),
+            old.and_then(|o| o.status.as_ref()),
+        );
+        let biz_type = m.field(
+            "biz_type",
+            &u.biz_type,
+            old.and_then(|o| o.biz_type.as_ref()),
+        );
+        let tenant_key = m.field(
+            "tenant_key",
+            &event.tenant_key,
+            old.and_then(|o| o.tenant_key.as_ref()),
+        );
+        let app_id = m.field("app_id", &event.app_id, old.and_then(|o| o.app_id.as_ref()));
+        let (event_time, event_id) = m.entity(stored);
         let row = CcState {
             approver_id: u.approver_id.clone(),
             process_id: u.process_id.clone(),
-            status: u.status.map(|v| v.0).or(old.and_then(|o| o.status)),
-            biz_type: pick(&u.biz_type, old.and_then(|o| o.biz_type.as_ref())),
-            tenant_key: pick(&event.tenant_key, old.and_then(|o| o.tenant_key.as_ref())),
-            app_id: pick(&event.app_id, old.and_then(|o| o.app_id.as_ref())),
-            event_time: event.create_time,
-            event_id: event.event_id.clone(),
+            status,
+            biz_type,
+            tenant_key,
+            app_id,
+            event_time,
+            event_id,
             change_time: self.now,
             revision,
+            versions: m.versions.clone(),
         };
-        let (id, process_id) = (row.approver_id.clone(), row.process_id.clone());
-        self.record_child(event, "cc_task", id, &process_id, row, revision, |p, c| {
+        let ids = (row.approver_id.clone(), row.process_id.clone());
+        let kept = old.map(|o| (o.revision, o.change_time));
+        self.put_child(event, "cc_task", ids, row, &m, kept, revision, |p, c| {
             (&mut p.cc_tasks, &mut c.cc_tasks)
-        });
-        true
+        })
     }
 }
 
@@ -501,16 +647,18 @@ mod tests {
                 process_id: "p".into(),
                 task_type: Some(1),
                 status: Some(2),
-                biz_type: None,
+                biz_type: Some("leave".into()),
                 flow_definition_id: None,
                 node_definition_id: None,
                 process_node_id: None,
-                tenant_key: None,
+                tenant_key: Some("tenant".into()),
                 app_id: None,
                 event_time: 50,
                 event_id: "m".into(),
                 change_time: now,
                 revision: 4,
+                // Stored before per-field stamps: its fields count as set by (50, "m").
+                versions: Default::default(),
             },
         );
         current.processes.insert(
@@ -518,15 +666,16 @@ mod tests {
             ProcessState {
                 process_id: "p".into(),
                 status: None,
-                biz_type: None,
+                biz_type: Some("leave".into()),
                 flow_definition_id: None,
                 properties: None,
-                tenant_key: None,
+                tenant_key: Some("tenant".into()),
                 app_id: None,
                 event_time: None,
                 event_id: None,
                 change_time: now,
                 revision: 4,
+                versions: Default::default(),
             },
         );
         let events = [
@@ -540,5 +689,46 @@ mod tests {
         );
         assert_eq!(plan.tasks["task"].task_type, Some(1));
         assert_eq!(plan.changes.len(), 1);
+    }
+
+    /// Invariant 3 per field: A (older, with a business type) and B (newer, without one)
+    /// end with A's business type and B's status and stamp, in either order, in one batch or
+    /// one event per fold.
+    #[test]
+    fn sparse_events_merge_per_field_in_any_order() {
+        let a = event("a", 10, status("p", 1, Some("leave")));
+        let b = event("b", 20, status("p", 9, None));
+        let now = Utc::now();
+        let one_by_one = |order: [&Event; 2]| {
+            let mut current = Current::default();
+            for (n, e) in order.into_iter().enumerate() {
+                let plan = fold(std::slice::from_ref(e), &[true], current, n as i64, now);
+                current = Current {
+                    processes: plan.processes,
+                    ..Current::default()
+                };
+            }
+            current.processes.remove("p").unwrap()
+        };
+        let batch = |events: [Event; 2]| {
+            fold(&events, &[true; 2], Current::default(), 0, now)
+                .processes
+                .remove("p")
+                .unwrap()
+        };
+        let rows = [
+            one_by_one([&a, &b]),
+            one_by_one([&b, &a]),
+            batch([a.clone(), b.clone()]),
+            batch([b.clone(), a.clone()]),
+        ];
+        for row in &rows {
+            assert_eq!(row.biz_type.as_deref(), Some("leave"), "{row:?}");
+            assert_eq!(row.status, Some(9), "{row:?}");
+            assert_eq!(
+                (row.event_time, row.event_id.as_deref()),
+                (Some(20), Some("b"))
+            );
+        }
     }
 }

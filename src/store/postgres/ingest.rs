@@ -120,6 +120,11 @@ fn keyed<T: DeserializeOwned>(
     Ok(rows.into_iter().map(|r| (key(&r).clone(), r)).collect())
 }
 
+/// A row's field stamps as the `versions` column's JSON.
+fn versions(v: &super::rows::Versions) -> serde_json::Value {
+    serde_json::to_value(v).expect("versions serialize")
+}
+
 /// Column `f` of every row.
 fn col<R, T>(rows: &[&R], f: impl Fn(&R) -> T) -> Vec<T> {
     rows.iter().map(|r| f(r)).collect()
@@ -129,7 +134,12 @@ fn col<R, T>(rows: &[&R], f: impl Fn(&R) -> T) -> Vec<T> {
 /// the counter, and the NOTIFY doorbell for watchers (invariant 6: its payload is only the
 /// latest revision). Nothing is written when nothing applied.
 async fn write(tx: &mut PgConnection, plan: &Plan, start: i64) -> Result<(), sqlx::Error> {
-    if plan.revision == start {
+    // Rows whose stamps moved are written even when no revision came of them (merge.rs).
+    let nothing = plan.processes.is_empty()
+        && plan.nodes.is_empty()
+        && plan.tasks.is_empty()
+        && plan.cc_tasks.is_empty();
+    if plan.revision == start && nothing {
         return Ok(());
     }
     let processes: Vec<&ProcessState> = plan.processes.values().collect();
@@ -140,37 +150,42 @@ async fn write(tx: &mut PgConnection, plan: &Plan, start: i64) -> Result<(), sql
     sqlx::query(
         "with w_processes as (
                insert into processes (process_id, status, biz_type, flow_definition_id, properties,
-                                    tenant_key, app_id, event_time, event_id, change_time, revision)
+                                    tenant_key, app_id, event_time, event_id, change_time, revision,
+                                    versions)
              select * from unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::int4[],
                                   $6::text[], $7::text[], $8::int8[], $9::text[],
-                                  $10::timestamptz[], $11::int8[])
+                                  $10::timestamptz[], $11::int8[], $63::jsonb[])
              on conflict (process_id) do update set
                status = excluded.status, biz_type = excluded.biz_type,
                flow_definition_id = excluded.flow_definition_id, properties = excluded.properties,
                tenant_key = excluded.tenant_key, app_id = excluded.app_id,
                event_time = excluded.event_time, event_id = excluded.event_id,
-               change_time = excluded.change_time, revision = excluded.revision),
+               change_time = excluded.change_time, revision = excluded.revision,
+               versions = excluded.versions),
              w_nodes as (
                insert into nodes (process_node_id, process_id, node_definition_id, flow_definition_id,
                                 node_type, node_status, biz_type, tenant_key, app_id,
-                                event_time, event_id, change_time, revision)
+                                event_time, event_id, change_time, revision, versions)
              select * from unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::int4[],
                                   $17::int4[], $18::text[], $19::text[], $20::text[], $21::int8[],
-                                  $22::text[], $23::timestamptz[], $24::int8[])
+                                  $22::text[], $23::timestamptz[], $24::int8[], $64::jsonb[])
              on conflict (process_node_id) do update set
                process_id = excluded.process_id, node_definition_id = excluded.node_definition_id,
                flow_definition_id = excluded.flow_definition_id, node_type = excluded.node_type,
                node_status = excluded.node_status, biz_type = excluded.biz_type,
                tenant_key = excluded.tenant_key, app_id = excluded.app_id,
                event_time = excluded.event_time, event_id = excluded.event_id,
-               change_time = excluded.change_time, revision = excluded.revision),
+               change_time = excluded.change_time, revision = excluded.revision,
+               versions = excluded.versions),
              w_tasks as (
                insert into tasks (approver_id, process_id, task_type, status, biz_type,
                                 flow_definition_id, node_definition_id, process_node_id,
-                                tenant_key, app_id, event_time, event_id, change_time, revision)
+                                tenant_key, app_id, event_time, event_id, change_time, revision,
+                                versions)
              select * from unnest($25::text[], $26::text[], $27::int4[], $28::int4[], $29::text[],
                                   $30::text[], $31::text[], $32::text[], $33::text[], $34::text[],
-                                  $35::int8[], $36::text[], $37::timestamptz[], $38::int8[])
+                                  $35::int8[], $36::text[], $37::timestamptz[], $38::int8[],
+                                  $65::jsonb[])
              on conflict (approver_id) do update set
                process_id = excluded.process_id, task_type = excluded.task_type,
                status = excluded.status, biz_type = excluded.biz_type,
@@ -179,19 +194,20 @@ async fn write(tx: &mut PgConnection, plan: &Plan, start: i64) -> Result<(), sql
                process_node_id = excluded.process_node_id,
                tenant_key = excluded.tenant_key, app_id = excluded.app_id,
                event_time = excluded.event_time, event_id = excluded.event_id,
-               change_time = excluded.change_time, revision = excluded.revision),
+               change_time = excluded.change_time, revision = excluded.revision,
+               versions = excluded.versions),
              w_cc_tasks as (
                insert into cc_tasks (approver_id, process_id, status, biz_type, tenant_key, app_id,
-                                   event_time, event_id, change_time, revision)
+                                   event_time, event_id, change_time, revision, versions)
              select * from unnest($39::text[], $40::text[], $41::int4[], $42::text[], $43::text[],
                                   $44::text[], $45::int8[], $46::text[], $47::timestamptz[],
-                                  $48::int8[])
+                                  $48::int8[], $66::jsonb[])
              on conflict (approver_id) do update set
                process_id = excluded.process_id, status = excluded.status,
                biz_type = excluded.biz_type, tenant_key = excluded.tenant_key,
                app_id = excluded.app_id, event_time = excluded.event_time,
                event_id = excluded.event_id, change_time = excluded.change_time,
-               revision = excluded.revision),
+               revision = excluded.revision, versions = excluded.versions),
              w_changes as (
                insert into changes (revision, entity, entity_id, process_id, event_id, state,
                                   change_time, process_status, previous_process_status,
@@ -264,6 +280,10 @@ async fn write(tx: &mut PgConnection, plan: &Plan, start: i64) -> Result<(), sql
         .bind(plan.revision)
         .bind(NOTIFY_CHANNEL)
         .bind(plan.revision.to_string())
+        .bind(col(&processes, |r| versions(&r.versions)))
+        .bind(col(&nodes, |r| versions(&r.versions)))
+        .bind(col(&tasks, |r| versions(&r.versions)))
+        .bind(col(&cc_tasks, |r| versions(&r.versions)))
         .execute(&mut *tx)
         .await?;
     Ok(())

@@ -3,6 +3,7 @@
 mod changes;
 mod fold;
 mod ingest;
+mod merge;
 mod read;
 mod rows;
 

@@ -39,6 +39,10 @@ pub(super) fn decode_detail(
     })
 }
 
+/// Per field, the `(create_time, event_id)` of the event that set it: the per-field merge of
+/// invariant 3 (`fold.rs`). Rows stored before it was kept have none.
+pub(super) type Versions = std::collections::BTreeMap<String, (i64, String)>;
+
 /// A `processes` row; serialized, it is what `to_jsonb(row)` gives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub(super) struct ProcessState {
@@ -53,6 +57,10 @@ pub(super) struct ProcessState {
     pub event_id: Option<String>,
     pub change_time: DateTime<Utc>,
     pub revision: i64,
+    /// See [`Versions`].
+    #[serde(default)]
+    #[sqlx(skip)]
+    pub versions: Versions,
 }
 
 /// A `nodes` row.
@@ -71,6 +79,9 @@ pub(super) struct NodeState {
     pub event_id: String,
     pub change_time: DateTime<Utc>,
     pub revision: i64,
+    /// See [`Versions`].
+    #[serde(default)]
+    pub versions: Versions,
 }
 
 /// A `tasks` row.
@@ -90,6 +101,10 @@ pub(super) struct TaskState {
     pub event_id: String,
     pub change_time: DateTime<Utc>,
     pub revision: i64,
+    /// See [`Versions`].
+    #[serde(default)]
+    #[sqlx(skip)]
+    pub versions: Versions,
 }
 
 /// A `cc_tasks` row.
@@ -105,6 +120,9 @@ pub(super) struct CcState {
     pub event_id: String,
     pub change_time: DateTime<Utc>,
     pub revision: i64,
+    /// See [`Versions`].
+    #[serde(default)]
+    pub versions: Versions,
 }
 
 impl From<ProcessState> for Process {
