@@ -39,21 +39,8 @@ async fn a_stream_ends_at_its_deadline() {
 #[tokio::test]
 async fn a_call_past_its_deadline_is_deadline_exceeded_with_cors() {
     let db = TestDb::new().await;
-    let target = format!("{}:{}", db.options.get_host(), db.options.get_port());
-    let proxy = FreezableProxy::start(
-        tokio::net::lookup_host(target)
-            .await
-            .unwrap()
-            .next()
-            .unwrap(),
-    )
-    .await;
     let mut cfg = config(&db);
-    cfg.database = db
-        .options
-        .clone()
-        .host(&proxy.addr.ip().to_string())
-        .port(proxy.addr.port());
+    let proxy = FreezableProxy::in_front_of(&db, &mut cfg).await;
     cfg.cors_allow_origins = vec!["https://dash.example".parse().unwrap()];
     cfg.db_acquire_timeout = Duration::from_secs(10);
     let app = TestApp::spawn(cfg).await;

@@ -91,21 +91,8 @@ async fn store_down_gives_503_and_not_serving_then_recovers() {
 #[tokio::test]
 async fn a_store_known_down_answers_503_at_once() {
     let db = TestDb::new().await;
-    let target = format!("{}:{}", db.options.get_host(), db.options.get_port());
-    let proxy = crate::common::proxy::FreezableProxy::start(
-        tokio::net::lookup_host(target)
-            .await
-            .unwrap()
-            .next()
-            .unwrap(),
-    )
-    .await;
     let mut config = config(&db);
-    config.database = db
-        .options
-        .clone()
-        .host(&proxy.addr.ip().to_string())
-        .port(proxy.addr.port());
+    let proxy = crate::common::proxy::FreezableProxy::in_front_of(&db, &mut config).await;
     config.ingest_timeout = Duration::from_secs(10);
     config.db_acquire_timeout = Duration::from_secs(8);
     let app = TestApp::spawn(config).await;

@@ -16,6 +16,26 @@ pub struct FreezableProxy {
 }
 
 impl FreezableProxy {
+    /// A proxy in front of the test's database, and `config` pointed at it.
+    pub async fn in_front_of(
+        db: &super::TestDb,
+        config: &mut process_state::config::Config,
+    ) -> Self {
+        let target = format!("{}:{}", db.options.get_host(), db.options.get_port());
+        let target = tokio::net::lookup_host(target)
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        let proxy = Self::start(target).await;
+        config.database = db
+            .options
+            .clone()
+            .host(&proxy.addr.ip().to_string())
+            .port(proxy.addr.port());
+        proxy
+    }
+
     /// Listens on a free port and forwards to `target`.
     pub async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
