@@ -35,6 +35,17 @@ pub fn enums<E: TryFrom<i32>>(field: &'static str, values: &mut Vec<i32>) -> Res
     Ok(())
 }
 
+/// The bounds of a process filter (ListProcesses, WatchProcesses); `statuses` made canonical.
+pub fn processes(
+    statuses: &mut Vec<i32>,
+    biz_type: &str,
+    flow_definition_id: &str,
+) -> Result<(), ApiError> {
+    enums::<crate::api::pb::ProcessStatus>("statuses", statuses)?;
+    text("biz_type", biz_type, MAX_BIZ_TYPE)?;
+    text("flow_definition_id", flow_definition_id, MAX_ID)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,13 +118,7 @@ impl ProcessService for ProcessApi {
         request: Request<WatchProcessesRequest>,
     ) -> Result<Response<Self::WatchProcessesStream>, Status> {
         let mut req = request.into_inner();
-        filter::enums::<pb::ProcessStatus>("statuses", &mut req.statuses)?;
-        filter::text("biz_type", &req.biz_type, filter::MAX_BIZ_TYPE)?;
-        filter::text(
-            "flow_definition_id",
-            &req.flow_definition_id,
-            filter::MAX_ID,
-        )?;
+        filter::processes(&mut req.statuses, &req.biz_type, &req.flow_definition_id)?;
         let filter = WatchFilter {
             process_id: None,
             statuses: req.statuses.iter().map(|&s| ProcessStatus(s)).collect(),
@@ -187,13 +181,7 @@ impl ProcessService for ProcessApi {
         request: Request<ListProcessesRequest>,
     ) -> Result<Response<ListProcessesResponse>, Status> {
         let mut req = request.into_inner();
-        filter::enums::<pb::ProcessStatus>("statuses", &mut req.statuses)?;
-        filter::text("biz_type", &req.biz_type, filter::MAX_BIZ_TYPE)?;
-        filter::text(
-            "flow_definition_id",
-            &req.flow_definition_id,
-            filter::MAX_ID,
-        )?;
+        filter::processes(&mut req.statuses, &req.biz_type, &req.flow_definition_id)?;
         let (page, fingerprint) = start_page(&mut req)?;
         let filter = ProcessFilter {
             statuses: req.statuses.iter().map(|&s| ProcessStatus(s)).collect(),

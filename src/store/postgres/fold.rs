@@ -141,6 +141,17 @@ pub(super) fn fold(
     f.plan
 }
 
+/// `field`'s value after merging the event's `new` into the stored row `old` ([`Merge::field`]).
+macro_rules! merge {
+    ($m:ident, $old:ident, $field:ident, $new:expr) => {
+        $m.field(
+            stringify!($field),
+            &$new,
+            $old.and_then(|o| o.$field.as_ref()),
+        )
+    };
+}
+
 /// What the fold keeps of a stored row whose stamps moved but whose values did not.
 trait Kept {
     fn keep(&mut self, revision: i64, change_time: DateTime<Utc>);
@@ -183,32 +194,12 @@ impl Folder<'_> {
         let old = old.as_ref();
         let stored = old.and_then(|o| o.event_time.zip(o.event_id.as_deref()));
         let mut m = Merge::new(event, old.map(|o| &o.versions), stored);
-        let status = m.field(
-            "status",
-            &u.status.map(|s| s.0),
-            old.and_then(|o| o.status.as_ref()),
-        );
-        let biz_type = m.field(
-            "biz_type",
-            &u.biz_type,
-            old.and_then(|o| o.biz_type.as_ref()),
-        );
-        let flow_definition_id = m.field(
-            "flow_definition_id",
-            &u.flow_definition_id,
-            old.and_then(|o| o.flow_definition_id.as_ref()),
-        );
-        let properties = m.field(
-            "properties",
-            &u.properties.map(|p| p.0),
-            old.and_then(|o| o.properties.as_ref()),
-        );
-        let tenant_key = m.field(
-            "tenant_key",
-            &event.tenant_key,
-            old.and_then(|o| o.tenant_key.as_ref()),
-        );
-        let app_id = m.field("app_id", &event.app_id, old.and_then(|o| o.app_id.as_ref()));
+        let status = merge!(m, old, status, u.status.map(|s| s.0));
+        let biz_type = merge!(m, old, biz_type, u.biz_type);
+        let flow_definition_id = merge!(m, old, flow_definition_id, u.flow_definition_id);
+        let properties = merge!(m, old, properties, u.properties.map(|p| p.0));
+        let tenant_key = merge!(m, old, tenant_key, event.tenant_key);
+        let app_id = merge!(m, old, app_id, event.app_id);
         let (event_time, event_id) = m.entity(stored);
         let row = ProcessState {
             process_id: u.process_id.clone(),
@@ -237,22 +228,15 @@ impl Folder<'_> {
         let old = old.as_ref();
         let stored = old.and_then(|o| o.event_time.zip(o.event_id.as_deref()));
         let mut m = Merge::new(event, old.map(|o| &o.versions), stored);
-        let biz_type = m.field(
-            "biz_type",
-            &update.biz_type().map(str::to_owned),
-            old.and_then(|o| o.biz_type.as_ref()),
+        let biz_type = merge!(m, old, biz_type, update.biz_type().map(str::to_owned));
+        let flow_definition_id = merge!(
+            m,
+            old,
+            flow_definition_id,
+            update.flow_definition_id().map(str::to_owned)
         );
-        let flow_definition_id = m.field(
-            "flow_definition_id",
-            &update.flow_definition_id().map(str::to_owned),
-            old.and_then(|o| o.flow_definition_id.as_ref()),
-        );
-        let tenant_key = m.field(
-            "tenant_key",
-            &event.tenant_key,
-            old.and_then(|o| o.tenant_key.as_ref()),
-        );
-        let app_id = m.field("app_id", &event.app_id, old.and_then(|o| o.app_id.as_ref()));
+        let tenant_key = merge!(m, old, tenant_key, event.tenant_key);
+        let app_id = merge!(m, old, app_id, event.app_id);
         m.changed |= old.is_none();
         let row = ProcessState {
             process_id: process_id.to_owned(),
@@ -366,37 +350,13 @@ impl Folder<'_> {
         let old = old.as_ref();
         let stored = old.map(|o| (o.event_time, o.event_id.as_str()));
         let mut m = Merge::new(event, old.map(|o| &o.versions), stored);
-        let node_definition_id = m.field(
-            "node_definition_id",
-            &u.node_definition_id,
-            old.and_then(|o| o.node_definition_id.as_ref()),
-        );
-        let flow_definition_id = m.field(
-            "flow_definition_id",
-            &u.flow_definition_id,
-            old.and_then(|o| o.flow_definition_id.as_ref()),
-        );
-        let node_type = m.field(
-            "node_type",
-            &u.node_type.map(|v| v.0),
-            old.and_then(|o| o.node_type.as_ref()),
-        );
-        let node_status = m.field(
-            "node_status",
-            &u.node_status.map(|v| v.0),
-            old.and_then(|o| o.node_status.as_ref()),
-        );
-        let biz_type = m.field(
-            "biz_type",
-            &u.biz_type,
-            old.and_then(|o| o.biz_type.as_ref()),
-        );
-        let tenant_key = m.field(
-            "tenant_key",
-            &event.tenant_key,
-            old.and_then(|o| o.tenant_key.as_ref()),
-        );
-        let app_id = m.field("app_id", &event.app_id, old.and_then(|o| o.app_id.as_ref()));
+        let node_definition_id = merge!(m, old, node_definition_id, u.node_definition_id);
+        let flow_definition_id = merge!(m, old, flow_definition_id, u.flow_definition_id);
+        let node_type = merge!(m, old, node_type, u.node_type.map(|v| v.0));
+        let node_status = merge!(m, old, node_status, u.node_status.map(|v| v.0));
+        let biz_type = merge!(m, old, biz_type, u.biz_type);
+        let tenant_key = merge!(m, old, tenant_key, event.tenant_key);
+        let app_id = merge!(m, old, app_id, event.app_id);
         let (event_time, event_id) = m.entity(stored);
         let row = NodeState {
             process_node_id: u.process_node_id.clone(),
@@ -426,42 +386,14 @@ impl Folder<'_> {
         let old = old.as_ref();
         let stored = old.map(|o| (o.event_time, o.event_id.as_str()));
         let mut m = Merge::new(event, old.map(|o| &o.versions), stored);
-        let task_type = m.field(
-            "task_type",
-            &u.task_type.map(|v| v.0),
-            old.and_then(|o| o.task_type.as_ref()),
-        );
-        let status = m.field(
-            "status",
-            &u.status.map(|v| v.0),
-            old.and_then(|o| o.status.as_ref()),
-        );
-        let biz_type = m.field(
-            "biz_type",
-            &u.biz_type,
-            old.and_then(|o| o.biz_type.as_ref()),
-        );
-        let flow_definition_id = m.field(
-            "flow_definition_id",
-            &u.flow_definition_id,
-            old.and_then(|o| o.flow_definition_id.as_ref()),
-        );
-        let node_definition_id = m.field(
-            "node_definition_id",
-            &u.node_definition_id,
-            old.and_then(|o| o.node_definition_id.as_ref()),
-        );
-        let process_node_id = m.field(
-            "process_node_id",
-            &u.process_node_id,
-            old.and_then(|o| o.process_node_id.as_ref()),
-        );
-        let tenant_key = m.field(
-            "tenant_key",
-            &event.tenant_key,
-            old.and_then(|o| o.tenant_key.as_ref()),
-        );
-        let app_id = m.field("app_id", &event.app_id, old.and_then(|o| o.app_id.as_ref()));
+        let task_type = merge!(m, old, task_type, u.task_type.map(|v| v.0));
+        let status = merge!(m, old, status, u.status.map(|v| v.0));
+        let biz_type = merge!(m, old, biz_type, u.biz_type);
+        let flow_definition_id = merge!(m, old, flow_definition_id, u.flow_definition_id);
+        let node_definition_id = merge!(m, old, node_definition_id, u.node_definition_id);
+        let process_node_id = merge!(m, old, process_node_id, u.process_node_id);
+        let tenant_key = merge!(m, old, tenant_key, event.tenant_key);
+        let app_id = merge!(m, old, app_id, event.app_id);
         let (event_time, event_id) = m.entity(stored);
         let row = TaskState {
             approver_id: u.approver_id.clone(),
@@ -492,22 +424,10 @@ impl Folder<'_> {
         let old = old.as_ref();
         let stored = old.map(|o| (o.event_time, o.event_id.as_str()));
         let mut m = Merge::new(event, old.map(|o| &o.versions), stored);
-        let status = m.field(
-            "status",
-            &u.status.map(|v| v.0),
-            old.and_then(|o| o.status.as_ref()),
-        );
-        let biz_type = m.field(
-            "biz_type",
-            &u.biz_type,
-            old.and_then(|o| o.biz_type.as_ref()),
-        );
-        let tenant_key = m.field(
-            "tenant_key",
-            &event.tenant_key,
-            old.and_then(|o| o.tenant_key.as_ref()),
-        );
-        let app_id = m.field("app_id", &event.app_id, old.and_then(|o| o.app_id.as_ref()));
+        let status = merge!(m, old, status, u.status.map(|v| v.0));
+        let biz_type = merge!(m, old, biz_type, u.biz_type);
+        let tenant_key = merge!(m, old, tenant_key, event.tenant_key);
+        let app_id = merge!(m, old, app_id, event.app_id);
         let (event_time, event_id) = m.entity(stored);
         let row = CcState {
             approver_id: u.approver_id.clone(),
