@@ -120,10 +120,15 @@ impl App {
         } = self;
         let pool = store.pool().clone();
         // API reads get the read pool but for what the change feed, snapshots and catch-ups
-        // need, so a burst of lists is refused as overload rather than starving them.
+        // need, so a burst of lists is refused as overload rather than starving them; and no
+        // more at once than the cores can run, so the burst does not starve the webhook's
+        // commits of CPU either (`bench query`'s overload run).
         let reserved = config.watch.concurrent_snapshots as u32 + 2;
         let reads = crate::store::ReadLimit::new(
-            store.read_connections().saturating_sub(reserved).max(1) as usize,
+            store
+                .read_connections()
+                .saturating_sub(reserved)
+                .clamp(1, config.read_concurrency) as usize,
             READ_TURN_WAIT,
         );
         let store: Arc<dyn Store> = Arc::new(store);
@@ -132,6 +137,11 @@ impl App {
         // `build` just connected and migrated: the database is up until a check says not.
         let store_health = crate::health::StoreHealth::new();
         store_health.set(true);
+        // Intake (webhook, long connection, the writer) runs on a runtime of its own, so a
+        // burst of API calls queued on the main runtime cannot delay Feishu's acknowledgements.
+        let intake = Intake::start(config.separate_intake)?;
+        let intake_handle = intake.handle();
+        let guard = intake_handle.enter();
         let (ingest, writer) = Ingest::start(
             store.clone(),
             config.writer,
@@ -185,6 +195,7 @@ impl App {
             }
             None => (None, None),
         };
+        drop(guard);
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let health_task = crate::health::start(
             store.clone(),
@@ -215,8 +226,19 @@ impl App {
         );
         let http_shutdown = shutdown.clone();
         let http_tls = files.tls.clone().filter(|_| config.http_tls);
-        let http_accepted = crate::tls::accept(http, http_tls, shutdown.clone());
-        let http_server = tokio::spawn(async move {
+        // Bound on the main runtime by `build`: registered again with the intake runtime.
+        let http = http.into_std().map_err(|source| AppError::Bind {
+            what: "HTTP",
+            addr: config.http_addr,
+            source,
+        })?;
+        let http_server = intake_handle.spawn(async move {
+            let http = TcpListener::from_std(http).map_err(|source| AppError::Bind {
+                what: "HTTP",
+                addr: config.http_addr,
+                source,
+            })?;
+            let http_accepted = crate::tls::accept(http, http_tls, http_shutdown.clone());
             crate::serve::serve(http_accepted, http_router, config.listener, http_shutdown).await;
             Ok::<(), AppError>(())
         });
@@ -346,8 +368,45 @@ impl App {
                 "the ingest writer was still committing; the events it had not committed were never acknowledged, so Feishu redelivers them"
             );
         }
+        intake.stop();
         info!("stopped");
         result
+    }
+}
+
+/// The runtime the intake paths and the writer run on: as many threads as the main one, so a
+/// webhook burst still uses every core, and scheduled by the OS beside it rather than queued
+/// behind the API's tasks. Without `separate`, the caller's runtime.
+#[derive(Debug)]
+struct Intake(Option<tokio::runtime::Runtime>);
+
+impl Intake {
+    fn start(separate: bool) -> Result<Self, AppError> {
+        if !separate {
+            return Ok(Self(None));
+        }
+        tokio::runtime::Builder::new_multi_thread()
+            .thread_name("intake")
+            .enable_all()
+            .build()
+            .map(|runtime| Self(Some(runtime)))
+            .map_err(|e| AppError::Serve {
+                what: "intake runtime",
+                message: e.to_string(),
+            })
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .map_or_else(tokio::runtime::Handle::current, |r| r.handle().clone())
+    }
+
+    /// Ends what is still running there (everything was drained or cut before this).
+    fn stop(self) {
+        if let Some(runtime) = self.0 {
+            runtime.shutdown_background();
+        }
     }
 }
 

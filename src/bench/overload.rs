@@ -37,12 +37,20 @@ pub(super) async fn run(replica: &Replica, key: &str, calls: usize) -> anyhow::R
     });
 
     let sending = Arc::new(AtomicBool::new(true));
-    let webhook = tokio::spawn(send_events(
-        replica.webhook_url(),
-        key.to_owned(),
-        sending.clone(),
-    ));
+    // The sender has a thread and runtime of its own, so what it measures is the replica's
+    // ack, not this process's own decoding of the burst's answers.
+    let webhook = {
+        let (url, key, sending) = (replica.webhook_url(), key.to_owned(), sending.clone());
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(send_events(url, key, sending))
+        })
+    };
 
+    let metrics = format!("http://{}/metrics", replica.http);
+    let before = buckets(&metrics).await?;
     let mut channels = Vec::new();
     for _ in 0..16 {
         channels.push(Endpoint::from_shared(replica.grpc_url())?.connect().await?);
@@ -62,7 +70,10 @@ pub(super) async fn run(replica: &Replica, key: &str, calls: usize) -> anyhow::R
     .await;
     let took = started.elapsed();
     sending.store(false, Ordering::Relaxed);
-    let mut acks = webhook.await??;
+    let after = buckets(&metrics).await?;
+    let mut acks = tokio::task::spawn_blocking(move || webhook.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the webhook sender panicked"))??;
     tokio::time::sleep(Duration::from_millis(200)).await;
     transitions.abort();
     let seen = seen.lock().expect("health log").clone();
@@ -98,6 +109,20 @@ pub(super) async fn run(replica: &Replica, key: &str, calls: usize) -> anyhow::R
         percentile(&acks, 50.0),
         percentile(&acks, 99.0)
     );
+    for (name, le) in [
+        ("webhook_request_seconds", "0.064"),
+        ("ingest_commit_seconds", "0.032"),
+    ] {
+        let count = |m: &BTreeMap<(String, String), f64>, le: &str| {
+            m.iter()
+                .filter(|((n, l), _)| n.ends_with(name) && l == le)
+                .map(|(_, v)| v)
+                .sum::<f64>()
+        };
+        let total = count(&after, "+Inf") - count(&before, "+Inf");
+        let within = count(&after, le) - count(&before, le);
+        println!("  server-side {name}: {within} of {total} within {le} s");
+    }
     let flips = seen.windows(2).filter(|w| w[0] != w[1]).count();
     println!("  health statuses seen: {seen:?} ({flips} transitions)");
     Ok(())
@@ -142,4 +167,28 @@ async fn send_events(
         });
     }
     Ok(latencies)
+}
+
+/// The replica's histogram buckets, summed over labels: (metric, le) -> count.
+async fn buckets(url: &str) -> anyhow::Result<BTreeMap<(String, String), f64>> {
+    let text = reqwest::get(url).await?.text().await?;
+    let mut sums = BTreeMap::new();
+    for line in text.lines() {
+        let Some((name, rest)) = line.split_once("_bucket{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Some(le) = labels
+            .split("le=\"")
+            .nth(1)
+            .and_then(|l| l.split('"').next())
+        else {
+            continue;
+        };
+        *sums.entry((name.to_owned(), le.to_owned())).or_insert(0.0) +=
+            value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    Ok(sums)
 }

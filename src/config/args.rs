@@ -104,6 +104,12 @@ pub struct Settings {
     /// Database connections in the pool [default: 16].
     #[arg(long, env = "PROCESS_STATE_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
+    /// Most API reads (GetProcess, ListProcesses, ListTasks) running at once; more wait for a
+    /// turn, then get RESOURCE_EXHAUSTED. Reads are CPU work here and in the database, so more
+    /// than the cores can run only adds latency, the webhook's acks included
+    /// [default: the CPU cores].
+    #[arg(long, env = "PROCESS_STATE_READ_CONCURRENCY")]
+    pub read_concurrency: Option<u32>,
     /// How often the database is checked for health and readiness, in ms [default: 1000].
     #[arg(long, env = "PROCESS_STATE_HEALTH_INTERVAL_MS")]
     pub health_interval_ms: Option<u64>,
@@ -210,6 +216,7 @@ impl Settings {
             batch_max: Some(256),
             batch_wait_ms: Some(1),
             db_max_connections: Some(16),
+            read_concurrency: Some(crate::config::cores()),
             health_interval_ms: Some(1000),
             watch_heartbeat_ms: Some(15_000),
             max_watchers: Some(20_000),

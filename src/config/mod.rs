@@ -40,6 +40,11 @@ impl ConfigError {
 pub struct Config {
     pub database: PgConnectOptions,
     pub db_max_connections: u32,
+    /// Most API reads at once (the pool's share for them bounds it too).
+    pub read_concurrency: u32,
+    /// Run the intake paths and the writer on a runtime of their own (tests that capture one
+    /// thread's logs turn it off).
+    pub separate_intake: bool,
     /// Longest wait for a pooled connection; bounds how fast a dead database turns into 503.
     pub db_acquire_timeout: Duration,
     pub http_addr: SocketAddr,
@@ -101,6 +106,8 @@ impl Config {
         Self {
             database,
             db_max_connections: 16,
+            read_concurrency: cores(),
+            separate_intake: true,
             db_acquire_timeout: Duration::from_secs(2),
             http_addr: ([127, 0, 0, 1], 0).into(),
             grpc_addr: ([127, 0, 0, 1], 0).into(),
@@ -144,6 +151,8 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("database", &database)
             .field("db_max_connections", &self.db_max_connections)
+            .field("read_concurrency", &self.read_concurrency)
+            .field("separate_intake", &self.separate_intake)
             .field("db_acquire_timeout", &self.db_acquire_timeout)
             .field("http_addr", &self.http_addr)
             .field("grpc_addr", &self.grpc_addr)
@@ -258,6 +267,11 @@ fn secret(value: Option<String>, key: &str) -> Result<Option<SecretString>, Conf
     }
 }
 
+/// CPU cores this process may use (1 when unknown).
+pub fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+}
+
 fn positive<T: Copy + Default + PartialEq>(value: Option<T>, key: &str) -> Result<T, ConfigError> {
     match value {
         Some(v) if v != T::default() => Ok(v),
@@ -333,6 +347,7 @@ impl TryFrom<Settings> for Config {
         config.writer.max_batch = positive(s.batch_max, "batch_max")?;
         config.writer.max_wait = Duration::from_millis(required(s.batch_wait_ms, "batch_wait_ms")?);
         config.db_max_connections = positive(s.db_max_connections, "db_max_connections")?;
+        config.read_concurrency = positive(s.read_concurrency, "read_concurrency")?;
         config.health_interval = ms(s.health_interval_ms, "health_interval_ms")?;
         config.watch.heartbeat = ms(s.watch_heartbeat_ms, "watch_heartbeat_ms")?;
         config.watch.max_watchers = required(s.max_watchers, "max_watchers")?;

@@ -102,3 +102,44 @@ async fn a_read_burst_is_shed_and_health_and_ingest_hold() {
     );
     app.stop().await;
 }
+
+/// API reads run at most `read_concurrency` at once, whatever the pool could hold: with one
+/// read stuck on a stalled database, the next waits its turn (1 s) and is refused
+/// RESOURCE_EXHAUSTED with a RetryInfo, instead of piling onto the pool (and the CPU).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_beyond_the_read_concurrency_are_refused() {
+    let db = TestDb::new().await;
+    let mut cfg = config(&db);
+    let proxy = crate::common::proxy::FreezableProxy::in_front_of(&db, &mut cfg).await;
+    cfg.db_max_connections = 16;
+    cfg.read_concurrency = 1;
+    cfg.health_interval = Duration::from_secs(600);
+    let app = TestApp::spawn(cfg).await;
+    let list = |mut api: process_state::api::pb::process_service_client::ProcessServiceClient<
+        tonic::transport::Channel,
+    >| async move {
+        let mut request = tonic::Request::new(ListTasksRequest::default());
+        request.set_timeout(Duration::from_secs(4));
+        api.list_tasks(request).await
+    };
+    list(app.api().await)
+        .await
+        .expect("a read with the database up");
+    proxy.freeze(true);
+    let stuck = tokio::spawn(list(app.api().await));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let refused = list(app.api().await).await.expect_err("no turn left");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.get_details_retry_info().is_some(), "{refused:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "it waited for a turn"
+    );
+    proxy.freeze(false);
+    stuck
+        .await
+        .unwrap()
+        .expect("the stuck read ends once the database answers");
+    app.stop().await;
+}

@@ -1,7 +1,7 @@
 //! Capturing what the service logs, per test. One global subscriber is installed for the whole
 //! test binary; it writes an event only on a thread that is capturing, into that capture.
 //! Tests run the service on their own current-thread runtime, so the capture holds exactly
-//! that test's service. (Scoped `set_default` subscribers were flaky next to other tests:
+//! that test's service (`TestApp::spawn` keeps the intake on that runtime too). (Scoped `set_default` subscribers were flaky next to other tests:
 //! tracing caches callsite interest across threads.)
 
 use std::cell::RefCell;
@@ -61,6 +61,11 @@ pub fn capture(level: LevelFilter) -> Captured {
     let buffer = Arc::new(Mutex::new(Vec::new()));
     CAPTURE.with(|c| *c.borrow_mut() = Some((buffer.clone(), level)));
     Captured { buffer }
+}
+
+/// Whether this thread is capturing.
+pub fn capturing() -> bool {
+    CAPTURE.with(|c| c.borrow().is_some())
 }
 
 struct ThreadWriter;

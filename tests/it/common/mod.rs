@@ -151,7 +151,9 @@ pub fn config(db: &TestDb) -> Config {
 }
 
 impl TestApp {
-    pub async fn spawn(config: Config) -> Self {
+    pub async fn spawn(mut config: Config) -> Self {
+        // A capture holds this thread's events: the whole service runs on it then.
+        config.separate_intake &= !logs::capturing();
         let app = App::build(config).await.expect("service builds");
         let (http, grpc) = (app.http_addr(), app.grpc_addr());
         let shutdown = CancellationToken::new();
