@@ -1,9 +1,14 @@
 //! Storage behind one interface, [`Store`]: the inbox, the state tables, the change log and
-//! the revision counter. [`PgStore`] is the Postgres implementation; the trait keeps the rest
-//! of the service independent of it (an embedded SQLite backend is planned).
+//! the revision counter. The ingest algorithm that carries the invariants (`ingest`, `fold`,
+//! `merge`, `rows`) is written once here; a backend (`postgres`) supplies only its dialect:
+//! pools, statements and doorbell.
 
+mod fold;
+mod ingest;
 mod limit;
+mod merge;
 mod postgres;
+mod rows;
 
 pub use limit::ReadLimit;
 

@@ -1,17 +1,17 @@
-//! The ingest transaction for a batch, in four round trips whatever its size: begin and lock
-//! the revision counter; insert the inbox rows (a duplicate stops there) and read the current
-//! rows the batch touches; fold the batch in memory (`fold.rs`); write the final rows, the
-//! change-log rows, the counter and the NOTIFY doorbell in one statement; commit. Every array
-//! travels as one parameter (`unnest`).
+//! Postgres's ingest transaction ([`IngestTx`]), in four round trips whatever the batch's
+//! size: begin and lock the revision counter; insert the inbox rows and read the touched rows;
+//! write the final rows, the change-log rows, the counter and the NOTIFY doorbell in one
+//! statement; commit. Every array travels as one parameter (`unnest`).
 
 use super::NOTIFY_CHANNEL;
-use super::fold::{self, ChangeRow, Current, Plan};
-use super::rows::{CcState, NodeState, ProcessState, TaskState};
 use crate::domain::Event;
-use crate::store::Outcome;
+use crate::store::StoreError;
+use crate::store::fold::{ChangeRow, Current, Plan, Touched};
+use crate::store::ingest::{IngestTx, Read};
+use crate::store::rows::{CcState, NodeState, ProcessState, TaskState};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgPool, Postgres, Transaction};
 use std::collections::HashMap;
 
 /// Starts the transaction and takes the revision counter's lock in the same message. The lock
@@ -20,25 +20,34 @@ use std::collections::HashMap;
 /// transactions ever wait on each other's rows in opposite orders.
 const BEGIN_LOCKED: &str = "begin; select 1 from revision_counter for update";
 
-/// Stores `events` in one transaction and returns what happened to each: four round trips
-/// (begin + lock, inbox + read, write, commit) whatever the batch's size.
-pub(super) async fn ingest(pool: &PgPool, events: &[Event]) -> Result<Vec<Outcome>, sqlx::Error> {
-    let mut tx = pool.begin_with(BEGIN_LOCKED).await?;
-    let read = insert_and_read(&mut tx, events).await?;
-    let plan = fold::fold(events, &read.new, read.current, read.revision, read.now);
-    write(&mut tx, &plan, read.revision).await?;
-    tx.commit().await?;
-    Ok(plan.outcomes)
+/// An ingest transaction on Postgres.
+#[derive(Debug)]
+pub(super) struct PgIngest(Transaction<'static, Postgres>);
+
+impl PgIngest {
+    /// Begins with the revision counter locked.
+    pub async fn begin(pool: &PgPool) -> Result<Self, StoreError> {
+        Ok(Self(pool.begin_with(BEGIN_LOCKED).await?))
+    }
 }
 
-/// What the transaction starts from.
-struct Read {
-    /// `new[i]`: event `i` was stored now (false: already there, or an earlier copy in this
-    /// batch was).
-    new: Vec<bool>,
-    current: Current,
-    revision: i64,
-    now: DateTime<Utc>,
+impl IngestTx for PgIngest {
+    async fn insert_and_read(
+        &mut self,
+        events: &[Event],
+        firsts: &[usize],
+        touched: &Touched,
+    ) -> Result<Read, StoreError> {
+        Ok(insert_and_read(&mut self.0, events, firsts, touched).await?)
+    }
+
+    async fn write(&mut self, plan: &Plan) -> Result<(), StoreError> {
+        Ok(write(&mut self.0, plan).await?)
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        Ok(self.0.commit().await?)
+    }
 }
 
 type ReadRow = (
@@ -54,9 +63,12 @@ type ReadRow = (
 /// Inserts the batch's events into the inbox and, in the same statement, reads the counter,
 /// the transaction time and the stored rows of every entity the batch's events name. The
 /// statement's snapshot is taken after the lock, so it sees every earlier commit.
-async fn insert_and_read(tx: &mut PgConnection, events: &[Event]) -> Result<Read, sqlx::Error> {
-    let firsts = fold::first_occurrences(events);
-    let (processes, nodes, tasks, cc_tasks) = fold::touched(events, &firsts);
+async fn insert_and_read(
+    tx: &mut sqlx::PgConnection,
+    events: &[Event],
+    firsts: &[usize],
+    touched: &Touched,
+) -> Result<Read, sqlx::Error> {
     let pick = |f: fn(&Event) -> String| firsts.iter().map(|&i| f(&events[i])).collect::<Vec<_>>();
     let opt =
         |f: fn(&Event) -> Option<String>| firsts.iter().map(|&i| f(&events[i])).collect::<Vec<_>>();
@@ -83,10 +95,10 @@ async fn insert_and_read(tx: &mut PgConnection, events: &[Event]) -> Result<Read
     .bind(opt(|e| e.app_id.clone()))
     // As JSON text into a `json` column: exact, `\u0000` escapes included (jsonb refuses them).
     .bind(firsts.iter().map(|&i| events[i].payload.to_string()).collect::<Vec<_>>())
-    .bind(&processes)
-    .bind(&nodes)
-    .bind(&tasks)
-    .bind(&cc_tasks)
+    .bind(&touched.processes)
+    .bind(&touched.nodes)
+    .bind(&touched.tasks)
+    .bind(&touched.cc_tasks)
     // Not a prepared statement: planned for its arguments and the tables' sizes every time. A
     // generic plan is fixed after five runs, and one fixed while the tables were small (a
     // fresh database taking a backlog) scans them whole for every batch until autovacuum
@@ -94,13 +106,8 @@ async fn insert_and_read(tx: &mut PgConnection, events: &[Event]) -> Result<Read
     .persistent(false)
     .fetch_one(&mut *tx)
     .await?;
-    let stored: std::collections::HashSet<&str> = stored.iter().map(String::as_str).collect();
-    let mut new = vec![false; events.len()];
-    for i in firsts {
-        new[i] = stored.contains(events[i].event_id.as_str());
-    }
     Ok(Read {
-        new,
+        stored,
         current: Current {
             processes: keyed(p, |r: &ProcessState| &r.process_id)?,
             nodes: keyed(n, |r: &NodeState| &r.process_node_id)?,
@@ -121,7 +128,7 @@ fn keyed<T: DeserializeOwned>(
 }
 
 /// A row's field stamps as the `versions` column's JSON.
-fn versions(v: &super::rows::Versions) -> serde_json::Value {
+fn versions(v: &crate::store::rows::Versions) -> serde_json::Value {
     serde_json::to_value(v).expect("versions serialize")
 }
 
@@ -132,16 +139,8 @@ fn col<R, T>(rows: &[&R], f: impl Fn(&R) -> T) -> Vec<T> {
 
 /// Writes the plan in ONE statement: each table's final rows as one upsert, the change log,
 /// the counter, and the NOTIFY doorbell for watchers (invariant 6: its payload is only the
-/// latest revision). Nothing is written when nothing applied.
-async fn write(tx: &mut PgConnection, plan: &Plan, start: i64) -> Result<(), sqlx::Error> {
-    // Rows whose stamps moved are written even when no revision came of them (merge.rs).
-    let nothing = plan.processes.is_empty()
-        && plan.nodes.is_empty()
-        && plan.tasks.is_empty()
-        && plan.cc_tasks.is_empty();
-    if plan.revision == start && nothing {
-        return Ok(());
-    }
+/// latest revision).
+async fn write(tx: &mut sqlx::PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
     let processes: Vec<&ProcessState> = plan.processes.values().collect();
     let nodes: Vec<&NodeState> = plan.nodes.values().collect();
     let tasks: Vec<&TaskState> = plan.tasks.values().collect();

@@ -1,11 +1,9 @@
-//! The Postgres [`Store`]: a sqlx pool, migrations, and the statements in `ingest` and `read`.
+//! The Postgres [`Store`]: its pools, migrations, and its dialect of the ingest transaction
+//! (`ingest`), the reads (`read`) and the change log (`changes`).
 
 mod changes;
-mod fold;
 mod ingest;
-mod merge;
 mod read;
-mod rows;
 
 use super::{
     ChangeLog, Doorbell, LogBounds, Outcome, Page, PageRequest, ProcessFilter, Retention, Store,
@@ -109,7 +107,8 @@ impl PgStore {
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn ingest(&self, events: &[Event]) -> Result<Vec<Outcome>, StoreError> {
-        Ok(ingest::ingest(&self.write_pool, events).await?)
+        let tx = ingest::PgIngest::begin(&self.write_pool).await?;
+        crate::store::ingest::ingest(tx, events).await
     }
 
     async fn get_process(

@@ -1,7 +1,7 @@
 //! Folds one ingest batch over the current rows, in memory: which events are new, which apply,
 //! the revision each applied event gets (gap-free, in batch order), the final row of every
-//! touched entity and the change-log rows. `ingest.rs` reads the rows before and writes the
-//! result, with a constant number of statements per batch whatever its size.
+//! touched entity and the change-log rows. `ingest.rs` runs it between a backend's read of the
+//! rows before and its write of the result.
 //!
 //! Rows merge per field (`merge.rs`, invariant 3), so any order of the same events ends in the
 //! same rows. An event whose fields are all older than what set them changes nothing a watcher
@@ -56,6 +56,16 @@ pub(super) struct Plan {
     pub revision: i64,
 }
 
+impl Plan {
+    /// No row to write (a batch of duplicates, or of events that changed nothing).
+    pub fn rows_empty(&self) -> bool {
+        self.processes.is_empty()
+            && self.nodes.is_empty()
+            && self.tasks.is_empty()
+            && self.cc_tasks.is_empty()
+    }
+}
+
 /// Indexes of the events that are first in the batch with their `event_id`: only those can be
 /// new (a later copy in the same batch is a duplicate of the first).
 pub(super) fn first_occurrences(events: &[Event]) -> Vec<usize> {
@@ -65,26 +75,32 @@ pub(super) fn first_occurrences(events: &[Event]) -> Vec<usize> {
         .collect()
 }
 
-/// Ids of the rows the events at `indexes` may touch: (processes, nodes, tasks, cc tasks).
-pub(super) fn touched(
-    events: &[Event],
-    indexes: &[usize],
-) -> (Vec<String>, Vec<String>, Vec<String>, Vec<String>) {
-    let (mut p, mut n, mut t, mut c) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+/// The rows a batch may touch, by id, sorted and distinct.
+#[derive(Debug, Default)]
+pub(super) struct Touched {
+    pub processes: Vec<String>,
+    pub nodes: Vec<String>,
+    pub tasks: Vec<String>,
+    pub cc_tasks: Vec<String>,
+}
+
+/// Ids of the rows the events at `indexes` may touch.
+pub(super) fn touched(events: &[Event], indexes: &[usize]) -> Touched {
+    let mut t = Touched::default();
     for update in indexes.iter().filter_map(|&i| events[i].update.as_ref()) {
-        p.push(update.process_id().to_owned());
+        t.processes.push(update.process_id().to_owned());
         match update {
             Update::Process(_) => {}
-            Update::Node(u) => n.push(u.process_node_id.clone()),
-            Update::Task(u) => t.push(u.approver_id.clone()),
-            Update::Cc(u) => c.push(u.approver_id.clone()),
+            Update::Node(u) => t.nodes.push(u.process_node_id.clone()),
+            Update::Task(u) => t.tasks.push(u.approver_id.clone()),
+            Update::Cc(u) => t.cc_tasks.push(u.approver_id.clone()),
         }
     }
-    for ids in [&mut p, &mut n, &mut t, &mut c] {
+    for ids in [&mut t.processes, &mut t.nodes, &mut t.tasks, &mut t.cc_tasks] {
         ids.sort_unstable();
         ids.dedup();
     }
-    (p, n, t, c)
+    t
 }
 
 /// The plan's and the batch's rows of one table.
