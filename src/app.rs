@@ -3,10 +3,11 @@
 //! reflection). `main` and the integration tests both use it; tests bind port 0 and read the
 //! bound addresses back.
 
-use crate::api::watch::{Hub, Watchers};
+use crate::api::watch::Watchers;
 use crate::api::{ProcessApi, pb};
 use crate::auth::Tokens;
 use crate::config::Config;
+use crate::feed::Hub;
 use crate::ingest::Ingest;
 use crate::intake::webhook::{WebhookState, auth::WebhookAuth};
 use crate::reload::Reloadable;
@@ -133,9 +134,9 @@ impl App {
         );
         let store: Arc<dyn Store> = Arc::new(store);
         let metrics = crate::metrics::Metrics::new();
-        let cache = crate::cache::ProcessCache::new(config.get_process_cache);
+        let cache = crate::feed::ProcessCache::new(config.get_process_cache);
         // `build` just connected and migrated: the database is up until a check says not.
-        let store_health = crate::health::StoreHealth::new();
+        let store_health = crate::store::StoreHealth::new();
         store_health.set(true);
         // Intake (webhook, long connection, the writer) runs on a runtime of its own, so a
         // burst of API calls queued on the main runtime cannot delay Feishu's acknowledgements.
@@ -441,7 +442,7 @@ fn cors(origins: &[http::HeaderValue]) -> Option<tower_http::cors::CorsLayer> {
 fn rpc_span<B>(request: &http::Request<B>) -> tracing::Span {
     let caller = request
         .extensions()
-        .get::<crate::auth::Caller>()
+        .get::<crate::caller::Caller>()
         .map_or("anonymous", |c| &c.0);
     tracing::debug_span!("rpc", path = %request.uri().path(), caller = %caller)
 }

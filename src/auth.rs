@@ -2,23 +2,12 @@
 //! in constant time, and the tower layer that refuses calls without a known token
 //! (`UNAUTHENTICATED`) and tags the others with the caller's name for logs and metrics.
 
+use crate::caller::Caller;
 use crate::metrics::Metrics;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use subtle::ConstantTimeEq;
-
-/// The caller a request was authenticated as; a request extension.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller(pub Arc<str>);
-
-impl Caller {
-    pub fn anonymous() -> Self {
-        static ANONYMOUS: std::sync::LazyLock<Arc<str>> =
-            std::sync::LazyLock::new(|| Arc::from("anonymous"));
-        Caller(ANONYMOUS.clone())
-    }
-}
 
 /// Tokens shorter than this are refused when the file is read: a guessable token is not a
 /// credential.

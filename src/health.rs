@@ -9,50 +9,13 @@
 use crate::api::ProcessApi;
 use crate::api::pb::process_service_server::ProcessServiceServer;
 use crate::intake::longconn::WorkerState;
-use crate::store::Store;
+use crate::store::{Store, StoreHealth};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-
-/// Whether the database answered the last check.
-pub type Readiness = watch::Receiver<bool>;
-
-/// What the service knows of the database right now, shared by the checker and the writer.
-#[derive(Debug, Clone)]
-pub struct StoreHealth {
-    up: Arc<watch::Sender<bool>>,
-}
-
-impl StoreHealth {
-    /// Unknown until the first check: counted as down, so nothing is promised before it.
-    pub fn new() -> Self {
-        Self {
-            up: Arc::new(watch::channel(false).0),
-        }
-    }
-
-    pub fn is_up(&self) -> bool {
-        *self.up.borrow()
-    }
-
-    /// Records the latest finding; true when it changed.
-    pub fn set(&self, up: bool) -> bool {
-        self.up.send_if_modified(|v| std::mem::replace(v, up) != up)
-    }
-
-    pub fn subscribe(&self) -> Readiness {
-        self.up.subscribe()
-    }
-}
-
-impl Default for StoreHealth {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// Starts the checker; it stops when `shutdown` fires, reporting NOT_SERVING on the way out so
 /// load balancers stop sending new calls during the drain.

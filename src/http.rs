@@ -3,10 +3,10 @@
 //! when enabled, has not stopped), and `/metrics` (Prometheus).
 
 use crate::api::watch::Watchers;
-use crate::health::Readiness;
 use crate::intake::longconn::WorkerState;
 use crate::intake::webhook::{self, WebhookState};
 use crate::metrics::Metrics;
+use crate::store::Readiness;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;

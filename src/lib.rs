@@ -13,11 +13,13 @@
 //! - [`intake`]: the paths events come in by (the axum webhook); each hands envelopes to ingest.
 //! - [`ingest`]: normalization into domain events and the group-commit writer.
 //! - [`domain`]: processes, nodes, tasks, cc tasks and Feishu's enums; no wire or SQL types.
-//! - [`store`]: the [`store::Store`] interface and its Postgres implementation.
-//! - [`api`]: the gRPC service, protobuf conversions and error mapping.
+//! - [`store`]: the [`store::Store`] interface, the one ingest algorithm (fold, per-field
+//!   merge, change rows) and the Postgres dialect of it.
+//! - [`feed`]: this replica's change feed and GetProcess cache, in domain types.
+//! - [`api`]: the gRPC service, protobuf conversions, watch streams and error mapping.
 //! - [`health`], [`http`], [`metrics`], [`telemetry`]: probes, the HTTP router, metrics, logging.
-//! - [`tls`], [`serve`], [`auth`], [`reload`]: TLS listeners, bounded HTTP serving, gRPC
-//!   caller tokens, and reloading both.
+//! - [`tls`], [`serve`], [`auth`], [`caller`], [`reload`]: TLS listeners, bounded HTTP
+//!   serving, gRPC caller tokens and the caller they name, and reloading both.
 //! - [`dashboard`]: the embedded live dashboard, served on the gRPC listener.
 //! - [`simulate`]: a Feishu stand-in that sends realistic event sequences to a webhook.
 //! - [`bench`]: load runs against real replicas that print numbers.
@@ -26,10 +28,11 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod bench;
-pub mod cache;
+pub mod caller;
 pub mod config;
 pub mod dashboard;
 pub mod domain;
+pub mod feed;
 pub mod feishu;
 pub mod health;
 pub mod http;

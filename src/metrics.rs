@@ -279,8 +279,8 @@ where
         let method = known(RPC_METHODS, request.uri().path());
         let caller = request
             .extensions()
-            .get::<crate::auth::Caller>()
-            .map_or_else(|| crate::auth::Caller::anonymous().0, |c| c.0.clone());
+            .get::<crate::caller::Caller>()
+            .map_or_else(|| crate::caller::Caller::anonymous().0, |c| c.0.clone());
         let (started, metrics) = (std::time::Instant::now(), self.metrics.clone());
         let call = self.inner.call(request);
         Box::pin(async move {

@@ -2,8 +2,14 @@
 //! (default `info`), with the WebSocket crates always capped (see [`filter`]); and
 //! [`LogThrottle`], which keeps what outsiders can trigger from filling the disk.
 
-use crate::config::LogFormat;
 use tracing_subscriber::{EnvFilter, fmt};
+
+/// How log lines are written: human-readable text or one JSON object per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Targets whose debug/trace output would contain secrets: tungstenite logs the handshake
 /// request and the URL it dials, and the long connection's URL carries credentials

@@ -11,8 +11,8 @@ pub mod watch;
 
 pub use error::{ApiError, ERROR_DOMAIN, oversize_is_resource_exhausted};
 
-use crate::cache::ProcessCache;
 use crate::domain::{ProcessStatus, TaskStatus, TaskType, WatchFilter};
+use crate::feed::ProcessCache;
 use crate::store::{PageRequest, ProcessFilter, ReadLimit, Store, TaskFilter};
 use pb::process_service_server::{ProcessService, ProcessServiceServer};
 use pb::{
@@ -171,7 +171,7 @@ impl ProcessService for ProcessApi {
         }
         let process = process.ok_or(ApiError::ProcessNotFound(process_id))?;
         Ok(Response::new(GetProcessResponse {
-            process: Some(Arc::unwrap_or_clone(process)),
+            process: Some(pb::Process::from(Arc::unwrap_or_clone(process))),
             revision,
         }))
     }

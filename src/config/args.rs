@@ -3,7 +3,8 @@
 //! file given by `--config` — and a flag beats its variable, which beats the file, which
 //! beats the default ([`Settings::defaults`]). `super` validates the result into `Config`.
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use crate::telemetry::LogFormat;
+use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,12 +21,6 @@ pub struct Cli {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, env = "PROCESS_STATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]

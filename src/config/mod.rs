@@ -3,14 +3,13 @@
 
 mod args;
 
-pub use args::{
-    Cli, Command, ConfigCommand, DatabaseArgs, LogFormat, SECRET_KEYS, ServeArgs, Settings,
-};
+pub use args::{Cli, Command, ConfigCommand, DatabaseArgs, SECRET_KEYS, ServeArgs, Settings};
 
 use crate::api::watch::WatchConfig;
 use crate::ingest::WriterConfig;
 use crate::intake::longconn::{WorkerConfig, chunks::ChunkLimits, endpoint::Credentials};
 use crate::store::Retention;
+use crate::tls::TlsFiles;
 use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
 use std::net::SocketAddr;
@@ -81,15 +80,6 @@ pub struct Config {
     pub get_process_cache: usize,
     /// What one peer may hold on the listeners (HTTP/2 streams on both).
     pub listener: crate::serve::ListenerLimits,
-}
-
-/// Where the TLS material lives; read at start and on every reload.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    /// When set, clients must present a certificate signed by one of these CAs.
-    pub client_ca: Option<PathBuf>,
 }
 
 /// Caller authentication for the gRPC listener.

@@ -7,10 +7,10 @@
 //! never a lost event.
 
 use super::gather::{Arrivals, Gather, gather};
-use crate::cache::ProcessCache;
 use crate::domain::Event;
-use crate::health::StoreHealth;
+use crate::feed::ProcessCache;
 use crate::metrics::Metrics;
+use crate::store::StoreHealth;
 use crate::store::{Outcome, Store, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -96,7 +96,12 @@ pub(super) fn touched(events: &[Event], indexes: &[usize]) -> Touched {
             Update::Cc(u) => t.cc_tasks.push(u.approver_id.clone()),
         }
     }
-    for ids in [&mut t.processes, &mut t.nodes, &mut t.tasks, &mut t.cc_tasks] {
+    for ids in [
+        &mut t.processes,
+        &mut t.nodes,
+        &mut t.tasks,
+        &mut t.cc_tasks,
+    ] {
         ids.sort_unstable();
         ids.dedup();
     }

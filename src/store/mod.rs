@@ -4,12 +4,14 @@
 //! pools, statements and doorbell.
 
 mod fold;
+mod health;
 mod ingest;
 mod limit;
 mod merge;
 mod postgres;
 mod rows;
 
+pub use health::{Readiness, StoreHealth};
 pub use limit::ReadLimit;
 
 pub use postgres::{MIGRATOR, PgStore};

@@ -5,8 +5,8 @@
 
 use crate::common::{TestDb, VERIFICATION_TOKEN};
 use futures::future::join_all;
-use process_state::cache::ProcessCache;
 use process_state::domain::{Event, EventSource};
+use process_state::feed::ProcessCache;
 use process_state::feishu::envelope::{Payload, payload};
 use process_state::ingest::{Ingest, IngestError, WriterConfig, normalize};
 use process_state::metrics::Metrics;
@@ -128,7 +128,7 @@ async fn a_poison_event_fails_alone_and_its_batch_neighbours_are_stored() {
         max_wait: Duration::from_secs(30),
         ..WriterConfig::default()
     };
-    let health = process_state::health::StoreHealth::new();
+    let health = process_state::store::StoreHealth::new();
     health.set(true);
     let (ingest, writer) = Ingest::start(
         store,

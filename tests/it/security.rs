@@ -4,7 +4,8 @@
 use crate::common::{TestApp, TestDb, config, header_refs, signed_vector};
 use process_state::api::pb::GetProcessRequest;
 use process_state::api::pb::process_service_client::ProcessServiceClient;
-use process_state::config::{AuthConfig, TlsFiles};
+use process_state::config::AuthConfig;
+use process_state::tls::TlsFiles;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

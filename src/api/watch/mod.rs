@@ -7,15 +7,14 @@
 //! can resume from. Streams are polled by the transport only as fast as the client reads, so a
 //! slow client costs its own stream a catch-up, never the others a wait.
 
-pub mod hub;
-mod snapshot;
+pub mod snapshot;
 
-pub use hub::Hub;
+use crate::feed::Hub;
 
 use super::error::{ApiError, ERROR_DOMAIN};
 use super::pb::{self, watch_event::Kind};
-use crate::cache::ProcessCache;
 use crate::domain::{ChangeSet, WatchFilter};
+use crate::feed::ProcessCache;
 use crate::store::{LogBounds, ProcessFilter, Store};
 use futures_core::Stream;
 use std::pin::Pin;
@@ -274,7 +273,12 @@ async fn deliver(
         .get_or_read(&set.process_id, set.revision, read)
         .await
         .map_err(store_status)?;
-    Ok(process.map(|p| message(NO_POSITION, Kind::Snapshot(Arc::unwrap_or_clone(p)))))
+    Ok(process.map(|p| {
+        message(
+            NO_POSITION,
+            Kind::Snapshot(pb::Process::from(Arc::unwrap_or_clone(p))),
+        )
+    }))
 }
 
 fn message(revision: i64, kind: Kind) -> pb::WatchEvent {
@@ -315,7 +319,7 @@ fn stream(
                     let (process, revision) = w.cache.get_or_read(id, 0, read).await.map_err(store_status)?;
                     let count = i64::from(process.is_some());
                     if let Some(process) = process {
-                        yield message(NO_POSITION, Kind::Snapshot(Arc::unwrap_or_clone(process)));
+                        yield message(NO_POSITION, Kind::Snapshot(pb::Process::from(Arc::unwrap_or_clone(process))));
                     }
                     yield message(revision, Kind::SnapshotEnd(pb::SnapshotEnd { process_count: count }));
                     revision

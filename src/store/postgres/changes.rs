@@ -3,8 +3,8 @@
 
 use super::NOTIFY_CHANNEL;
 use super::read::detail_select;
-use crate::store::rows::{CcState, NodeState, ProcessState, TaskState, decode, decode_detail};
 use crate::domain::{ChangeSet, ProcessDetail, ProcessStatus};
+use crate::store::rows::{CcState, NodeState, ProcessState, TaskState, decode, decode_detail};
 use crate::store::{
     ChangeLog, Doorbell, LogBounds, Page, PageRequest, ProcessFilter, Retention, StoreError,
 };

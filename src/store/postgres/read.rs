@@ -2,8 +2,8 @@
 //! the rows it returns agree, with no explicit transaction. A process with its children comes
 //! back as `jsonb` (decoded by `rows`, the path the change log uses); list pages as typed rows.
 
-use crate::store::rows::{ProcessState, TaskState, decode_detail};
 use crate::domain::{Process, ProcessDetail, Task};
+use crate::store::rows::{ProcessState, TaskState, decode_detail};
 use crate::store::{Page, PageRequest, ProcessFilter, StoreError, TaskFilter};
 use serde_json::Value;
 use sqlx::postgres::PgRow;

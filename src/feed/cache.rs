@@ -10,7 +10,6 @@
 //! change can never pin a stale entry. While the feed's LISTEN connection is down (changes
 //! would only be seen at the next poll) the cache is off and every call reads the database.
 
-use crate::api::pb;
 use crate::domain::ProcessDetail;
 use crate::store::StoreError;
 use std::collections::HashMap;
@@ -19,7 +18,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug)]
 enum Slot {
     Cached {
-        process: Arc<pb::Process>,
+        process: Arc<ProcessDetail>,
         as_of: i64,
     },
     /// Committed here at this revision and not yet seen by the feed: no entry older than it.
@@ -66,7 +65,7 @@ impl ProcessCache {
         process_id: &str,
         min_revision: i64,
         read: impl FnOnce() -> F,
-    ) -> Result<(Option<Arc<pb::Process>>, i64), StoreError>
+    ) -> Result<(Option<Arc<ProcessDetail>>, i64), StoreError>
     where
         F: Future<Output = Result<(Option<ProcessDetail>, i64), StoreError>>,
     {
@@ -84,7 +83,7 @@ impl ProcessCache {
             return Ok((Some(process), revision));
         }
         let (detail, revision) = read().await?;
-        let process = detail.map(|d| Arc::new(pb::Process::from(d)));
+        let process = detail.map(Arc::new);
         if let Some(process) = &process {
             self.insert(process.clone(), revision);
         }
@@ -97,7 +96,7 @@ impl ProcessCache {
 
     /// The cached process and the revision the answer reflects, if the cache holds it and
     /// is at least at `min_revision`.
-    fn get(&self, process_id: &str, min_revision: i64) -> Option<(Arc<pb::Process>, i64)> {
+    fn get(&self, process_id: &str, min_revision: i64) -> Option<(Arc<ProcessDetail>, i64)> {
         let inner = self.lock();
         if !inner.live || inner.valid_through < min_revision {
             return None;
@@ -111,7 +110,7 @@ impl ProcessCache {
     }
 
     /// Keeps a process read from the database in a snapshot at revision `as_of`.
-    fn insert(&self, process: Arc<pb::Process>, as_of: i64) {
+    fn insert(&self, process: Arc<ProcessDetail>, as_of: i64) {
         if self.capacity == 0 {
             return;
         }
@@ -119,7 +118,7 @@ impl ProcessCache {
         if !inner.live || as_of < inner.valid_through {
             return;
         }
-        if let Some(Slot::Dropped(revision)) = inner.slots.get(&process.process_id)
+        if let Some(Slot::Dropped(revision)) = inner.slots.get(&process.process.process_id)
             && as_of < *revision
         {
             return;
@@ -137,9 +136,10 @@ impl ProcessCache {
                 inner.slots.remove(&id);
             }
         }
-        inner
-            .slots
-            .insert(process.process_id.clone(), Slot::Cached { process, as_of });
+        inner.slots.insert(
+            process.process.process_id.clone(),
+            Slot::Cached { process, as_of },
+        );
     }
 
     /// The writer committed changes to these processes at `revision`.
@@ -185,11 +185,26 @@ impl ProcessCache {
 mod tests {
     use super::*;
 
-    fn process(id: &str, status: i32) -> Arc<pb::Process> {
-        Arc::new(pb::Process {
-            process_id: id.into(),
-            status,
-            ..Default::default()
+    fn process(id: &str, status: i32) -> Arc<ProcessDetail> {
+        use crate::domain::{Process, ProcessStatus, Provenance};
+        Arc::new(ProcessDetail {
+            process: Process {
+                process_id: id.into(),
+                status: Some(ProcessStatus(status)),
+                biz_type: None,
+                flow_definition_id: None,
+                properties: None,
+                provenance: Provenance {
+                    tenant_key: None,
+                    app_id: None,
+                    event_time: None,
+                    change_time: chrono::DateTime::UNIX_EPOCH,
+                    revision: 0,
+                },
+            },
+            nodes: Vec::new(),
+            tasks: Vec::new(),
+            cc_tasks: Vec::new(),
         })
     }
 
@@ -226,7 +241,10 @@ mod tests {
         cache.insert(process("p", 1), 11);
         assert!(cache.get("p", 0).is_none());
         cache.insert(process("p", 2), 12);
-        assert_eq!(cache.get("p", 0).unwrap().0.status, 2);
+        assert_eq!(
+            cache.get("p", 0).unwrap().0.process.status,
+            Some(crate::domain::ProcessStatus(2))
+        );
         // The feed catches up on 12: the entry read at 12 reflects it... but is dropped
         // conservatively, and a later read is kept.
         cache.advanced([(12, "p")], 12);

@@ -6,7 +6,7 @@
 //! poll interval, never a change. The broadcast ring is bounded; a watcher that falls behind
 //! it is told (`Lagged`) and catches up from the log itself.
 
-use crate::cache::ProcessCache;
+use super::ProcessCache;
 use crate::domain::ChangeSet;
 use crate::store::{Doorbell, Store};
 use std::sync::Arc;
