@@ -29,7 +29,7 @@ pub struct Probes {
 #[derive(Debug, Clone)]
 pub struct Scrape {
     pub metrics: Arc<Metrics>,
-    pub pool: sqlx::PgPool,
+    pub store: Arc<dyn crate::store::Store>,
     pub watchers: Watchers,
     pub long_connection: Option<watch::Receiver<WorkerState>>,
 }
@@ -60,8 +60,9 @@ async fn metrics(State(s): State<Scrape>) -> impl IntoResponse {
     let m = &s.metrics;
     m.watch_streams.set(s.watchers.open_streams() as i64);
     m.watch_lag.set(s.watchers.max_lag());
-    m.db_connections.set(i64::from(s.pool.size()));
-    m.db_connections_idle.set(s.pool.num_idle() as i64);
+    let (open, idle) = s.store.pool_stats();
+    m.db_connections.set(i64::from(open));
+    m.db_connections_idle.set(idle as i64);
     if let Some(worker) = &s.long_connection {
         let current = worker.borrow().name();
         for state in ["connecting", "connected", "backing_off", "stopped"] {

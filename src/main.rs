@@ -3,9 +3,7 @@
 use clap::Parser;
 use process_state::app::App;
 use process_state::config::{Cli, Command, Config, ConfigCommand, database_options};
-use process_state::store::PgStore;
 use std::process::ExitCode;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -33,19 +31,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             app.run(shutdown).await?;
         }
         Command::Migrate(args) => {
-            let store = PgStore::connect(
-                database_options(&args.database_url)?,
-                1,
-                Duration::from_secs(10),
-            )
-            .await?;
+            let mut config = Config::new(database_options(&args.database_url)?);
+            config.db_max_connections = 1;
+            let store = process_state::app::open_store(&config).await?;
             store.migrate().await?;
-            tracing::info!("migrations applied");
+            tracing::info!(store = %config.database, "migrations applied");
         }
         Command::Config(ConfigCommand::Check(args)) => {
             let (config, effective) = Config::load(*args)?;
             process_state::app::load_files(&config)?;
             print!("{}", effective.to_masked_toml());
+            // Which store and where: the URL given, or the default SQLite file.
+            println!("# store: {}", config.database);
         }
         Command::Simulate(args) => process_state::simulate::run(args).await?,
         Command::Bench(args) => process_state::bench::run(args).await?,

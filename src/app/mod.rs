@@ -9,10 +9,10 @@ mod intake;
 use crate::api::ProcessApi;
 use crate::api::watch::Watchers;
 use crate::auth::Tokens;
-use crate::config::Config;
+use crate::config::{Config, Database};
 use crate::feed::Hub;
 use crate::reload::Reloadable;
-use crate::store::{PgStore, Retention, Store, StoreError};
+use crate::store::{PgStore, Retention, SqliteStore, Store, StoreError};
 use crate::tls::SharedTls;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -66,23 +66,17 @@ pub fn load_files(config: &Config) -> Result<Reloadable, AppError> {
 #[derive(Debug)]
 pub struct App {
     config: Config,
-    store: PgStore,
+    store: Arc<dyn Store>,
     http: TcpListener,
     grpc: TcpListener,
     files: Reloadable,
 }
 
 impl App {
-    /// Connects to the database, applies migrations and binds both listeners.
+    /// Binds both listeners (a busy port is reported before anything else happens), opens
+    /// the store and applies its migrations.
     pub async fn build(config: Config) -> Result<Self, AppError> {
         let files = load_files(&config)?;
-        let store = PgStore::connect(
-            config.database.clone(),
-            config.db_max_connections,
-            config.db_acquire_timeout,
-        )
-        .await?;
-        store.migrate().await?;
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -90,6 +84,9 @@ impl App {
         };
         let http = bind("HTTP", config.http_addr).await?;
         let grpc = bind("gRPC", config.grpc_addr).await?;
+        let store = open_store(&config).await?;
+        store.migrate().await?;
+        info!(store = %config.database, "store ready");
         Ok(Self {
             config,
             store,
@@ -121,9 +118,7 @@ impl App {
             grpc,
             files,
         } = self;
-        let pool = store.pool().clone();
-        let reads = read_limit(&store, &config);
-        let store: Arc<dyn Store> = Arc::new(store);
+        let reads = read_limit(store.as_ref(), &config);
         let metrics = crate::metrics::Metrics::new();
         let cache = crate::feed::ProcessCache::new(config.get_process_cache);
         // `build` just connected and migrated: the database is up until a check says not.
@@ -185,7 +180,7 @@ impl App {
         };
         let scrape = crate::http::Scrape {
             metrics: metrics.clone(),
-            pool,
+            store: store.clone(),
             watchers: watchers.clone(),
             long_connection: worker_state,
         };
@@ -220,16 +215,34 @@ impl App {
 
         let result = wait_for_servers(http_server, grpc_server, &config, &shutdown).await;
         drain(intake, jobs, &config).await;
+        store.close().await;
         info!("stopped");
         result
     }
+}
+
+/// Opens the store the configuration names.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &config.database {
+        Database::Postgres(options) => Arc::new(
+            PgStore::connect(
+                (**options).clone(),
+                config.db_max_connections,
+                config.db_acquire_timeout,
+            )
+            .await?,
+        ),
+        Database::Sqlite(path) => {
+            Arc::new(SqliteStore::open(path, config.db_max_connections).await?)
+        }
+    })
 }
 
 /// How many API reads may run at once: the read pool but for what the change feed, snapshots
 /// and catch-ups need, so a burst of lists is refused as overload rather than starving them;
 /// and no more than `read_concurrency` (the cores), so the burst does not starve the webhook's
 /// commits of CPU either (`bench query`'s overload run).
-fn read_limit(store: &PgStore, config: &Config) -> crate::store::ReadLimit {
+fn read_limit(store: &dyn Store, config: &Config) -> crate::store::ReadLimit {
     let reserved = config.watch.concurrent_snapshots as u32 + 2;
     crate::store::ReadLimit::new(
         store

@@ -47,7 +47,7 @@ pub enum ConfigCommand {
 
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
-    /// Postgres URL, e.g. postgres://postgres@127.0.0.1:5432/postgres
+    /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 }
@@ -68,9 +68,14 @@ pub struct ServeArgs {
 #[derive(Debug, Clone, Default, PartialEq, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Postgres URL, e.g. postgres://postgres@127.0.0.1:5432/postgres
+    /// Database URL: sqlite://PATH (one process) or postgres://USER@HOST:PORT/DB (replicas)
+    /// [default: sqlite://process-state.db in --data-dir].
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Directory of the default SQLite database, when no database URL is given
+    /// [default: the working directory].
+    #[arg(long, env = "PROCESS_STATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Address of the HTTP listener (webhook, probes, metrics) [default: 0.0.0.0:8080].
     #[arg(long, env = "PROCESS_STATE_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
@@ -202,6 +207,7 @@ impl Settings {
     pub fn defaults() -> Self {
         Self {
             database_url: None,
+            data_dir: None,
             http_addr: Some(([0, 0, 0, 0], 8080).into()),
             grpc_addr: Some(([0, 0, 0, 0], 50051).into()),
             encrypt_key: None,

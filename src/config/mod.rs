@@ -37,7 +37,7 @@ impl ConfigError {
 /// The service's validated configuration.
 #[derive(Clone)]
 pub struct Config {
-    pub database: PgConnectOptions,
+    pub database: Database,
     pub db_max_connections: u32,
     /// Most API reads at once (the pool's share for them bounds it too).
     pub read_concurrency: u32,
@@ -90,11 +90,54 @@ pub struct AuthConfig {
     pub open_reflection: bool,
 }
 
+/// Where the state lives, chosen by the database URL's scheme.
+#[derive(Clone)]
+pub enum Database {
+    /// `postgres://…`: for replicas and production.
+    Postgres(Box<PgConnectOptions>),
+    /// `sqlite://PATH`: one file, one process (the default).
+    Sqlite(PathBuf),
+}
+
+impl From<PgConnectOptions> for Database {
+    fn from(options: PgConnectOptions) -> Self {
+        Self::Postgres(Box::new(options))
+    }
+}
+
+impl std::fmt::Debug for Database {
+    /// As `Display`: `PgConnectOptions`'s own Debug would print the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::fmt::Display for Database {
+    /// Which store and where, never the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Postgres(o) => write!(
+                f,
+                "postgres://{}@{}:{}/{}",
+                o.get_username(),
+                o.get_host(),
+                o.get_port(),
+                o.get_database().unwrap_or_default()
+            ),
+            Self::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+        }
+    }
+}
+
+/// The SQLite file `serve` uses when no database URL is given, in `--data-dir` or the working
+/// directory.
+pub const DEFAULT_SQLITE_FILE: &str = "process-state.db";
+
 impl Config {
     /// Defaults for everything but the database; listeners on loopback port 0.
-    pub fn new(database: PgConnectOptions) -> Self {
+    pub fn new(database: impl Into<Database>) -> Self {
         Self {
-            database,
+            database: database.into(),
             db_max_connections: 16,
             read_concurrency: cores(),
             separate_intake: true,
@@ -131,15 +174,8 @@ impl Config {
 impl std::fmt::Debug for Config {
     /// Written out by hand: `PgConnectOptions`'s own Debug would print the database password.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let database = format!(
-            "postgres://{}@{}:{}/{}",
-            self.database.get_username(),
-            self.database.get_host(),
-            self.database.get_port(),
-            self.database.get_database().unwrap_or_default()
-        );
         f.debug_struct("Config")
-            .field("database", &database)
+            .field("database", &self.database.to_string())
             .field("db_max_connections", &self.db_max_connections)
             .field("read_concurrency", &self.read_concurrency)
             .field("separate_intake", &self.separate_intake)
@@ -234,17 +270,32 @@ fn cors_origins(origins: Vec<String>) -> Result<Vec<http::HeaderValue>, ConfigEr
         .collect()
 }
 
-/// Parses and checks a database URL.
-pub fn database_options(url: &str) -> Result<PgConnectOptions, ConfigError> {
+/// Parses and checks a database URL: `postgres://…` (or `postgresql://…`) or `sqlite://PATH`.
+pub fn database_options(url: &str) -> Result<Database, ConfigError> {
     let key = "database_url";
     if url.trim().is_empty() {
         return Err(invalid(key, "is empty"));
     }
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(invalid(key, "names no file: use sqlite://PATH"));
+        }
+        return Ok(Database::Sqlite(PathBuf::from(path)));
+    }
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(invalid(key, "must be a postgres:// or postgresql:// URL"));
+        return Err(invalid(
+            key,
+            "must be a postgres:// or postgresql:// URL, or sqlite://PATH",
+        ));
     }
     // The parser's message never includes the URL, so the password stays out of the error.
-    PgConnectOptions::from_str(url).map_err(|e| invalid(key, e.to_string()))
+    PgConnectOptions::from_str(url)
+        .map(Database::from)
+        .map_err(|e| invalid(key, e.to_string()))
 }
 
 fn secret(value: Option<String>, key: &str) -> Result<Option<SecretString>, ConfigError> {
@@ -323,8 +374,13 @@ impl TryFrom<Settings> for Config {
     type Error = ConfigError;
 
     fn try_from(s: Settings) -> Result<Self, ConfigError> {
-        let database_url = required(s.database_url.clone(), "database_url")?;
-        let mut config = Config::new(database_options(&database_url)?);
+        let database = match (&s.database_url, &s.data_dir) {
+            (Some(url), _) => database_options(url)?,
+            (None, dir) => {
+                Database::Sqlite(dir.clone().unwrap_or_default().join(DEFAULT_SQLITE_FILE))
+            }
+        };
+        let mut config = Config::new(database);
         config.http_addr = required(s.http_addr, "http_addr")?;
         config.grpc_addr = required(s.grpc_addr, "grpc_addr")?;
         if config.http_addr == config.grpc_addr && config.http_addr.port() != 0 {

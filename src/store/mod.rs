@@ -10,11 +10,13 @@ mod limit;
 mod merge;
 mod postgres;
 mod rows;
+mod sqlite;
 
 pub use health::{Readiness, StoreHealth};
 pub use limit::ReadLimit;
 
 pub use postgres::{MIGRATOR, PgStore};
+pub use sqlite::SqliteStore;
 
 use crate::domain::{
     ChangeSet, Event, Process, ProcessDetail, ProcessStatus, Task, TaskStatus, TaskType,
@@ -59,6 +61,9 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("migrations failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
+    /// The SQLite file is in use by another process, or its lock file cannot be taken.
+    #[error("{0}")]
+    Locked(String),
     /// This replica runs as many reads as it may; the read waited for a turn and got none.
     #[error("too many reads at once on this replica")]
     Overloaded,
@@ -175,6 +180,19 @@ pub struct Retention {
 /// The storage interface.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// Closes the store's connections (and, for SQLite, lets another process open the file).
+    /// Every later call fails as unavailable.
+    async fn close(&self);
+
+    /// Connections the read pool may hand out.
+    fn read_connections(&self) -> u32;
+
+    /// The read pool's open and idle connections, for metrics.
+    fn pool_stats(&self) -> (u32, usize);
+
     /// Stores a batch of events in ONE transaction: inbox (deduplicated), state (guarded by
     /// event order), change log, revision counter, notification. All or nothing.
     async fn ingest(&self, events: &[Event]) -> Result<Vec<Outcome>, StoreError>;

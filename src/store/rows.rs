@@ -59,12 +59,12 @@ pub(super) struct ProcessState {
     pub revision: i64,
     /// See [`Versions`].
     #[serde(default)]
-    #[sqlx(skip)]
+    #[sqlx(json)]
     pub versions: Versions,
 }
 
 /// A `nodes` row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub(super) struct NodeState {
     pub process_node_id: String,
     pub process_id: String,
@@ -81,6 +81,7 @@ pub(super) struct NodeState {
     pub revision: i64,
     /// See [`Versions`].
     #[serde(default)]
+    #[sqlx(json)]
     pub versions: Versions,
 }
 
@@ -103,12 +104,12 @@ pub(super) struct TaskState {
     pub revision: i64,
     /// See [`Versions`].
     #[serde(default)]
-    #[sqlx(skip)]
+    #[sqlx(json)]
     pub versions: Versions,
 }
 
 /// A `cc_tasks` row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub(super) struct CcState {
     pub approver_id: String,
     pub process_id: String,
@@ -122,6 +123,7 @@ pub(super) struct CcState {
     pub revision: i64,
     /// See [`Versions`].
     #[serde(default)]
+    #[sqlx(json)]
     pub versions: Versions,
 }
 

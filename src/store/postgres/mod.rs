@@ -14,7 +14,7 @@ use sqlx::{Connection, PgConnection, PgPool, postgres::PgConnectOptions, postgre
 use std::time::Duration;
 
 /// The migrations in `migrations/`, embedded in the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// Name of the NOTIFY channel that rings after each commit that produced revisions.
 pub const NOTIFY_CHANNEL: &str = "process_state_changes";
@@ -106,6 +106,22 @@ impl PgStore {
 
 #[async_trait::async_trait]
 impl Store for PgStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        Self::migrate(self).await
+    }
+
+    async fn close(&self) {
+        tokio::join!(self.pool.close(), self.write_pool.close());
+    }
+
+    fn read_connections(&self) -> u32 {
+        Self::read_connections(self)
+    }
+
+    fn pool_stats(&self) -> (u32, usize) {
+        (self.pool.size(), self.pool.num_idle())
+    }
+
     async fn ingest(&self, events: &[Event]) -> Result<Vec<Outcome>, StoreError> {
         let tx = ingest::PgIngest::begin(&self.write_pool).await?;
         crate::store::ingest::ingest(tx, events).await

@@ -1,0 +1,240 @@
+//! The embedded SQLite [`Store`]: one file, one writer connection whose transactions begin
+//! `IMMEDIATE` (commit order = revision order), a pool of readers beside it (WAL), an
+//! in-process doorbell rung after each commit, and a lock file so only one process serves a
+//! database file (another's commits would never ring this one's bell).
+
+mod ingest;
+mod read;
+
+use super::{
+    ChangeLog, Doorbell, LogBounds, Outcome, Page, PageRequest, ProcessFilter, Retention, Store,
+    StoreError, TaskFilter,
+};
+use crate::domain::{Event, Process, ProcessDetail, Task};
+use chrono::{DateTime, Utc};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The SQLite migrations in `migrations/sqlite/`, embedded in the binary (same versions as
+/// Postgres's).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a statement waits for another connection's lock before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A time as stored: RFC 3339 in UTC with six fractional digits, so text order is time order.
+pub(super) fn stored_time(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
+}
+
+/// SQLite-backed store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// One connection: ingest, pruning and the health check. Writes are serialized here.
+    writer: SqlitePool,
+    /// Reads: the API, watch catch-ups and snapshots, the change feed.
+    reads: SqlitePool,
+    /// Rung with the new revision after each commit that made one.
+    bell: Arc<watch::Sender<i64>>,
+    /// Held until the store is closed: this process serves the file.
+    lock: Arc<std::sync::Mutex<Option<FileLock>>>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database file at `path`, after taking its lock file.
+    pub async fn open(path: &Path, read_connections: u32) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Locked(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let lock = FileLock::take(path)?;
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // An ack means the event is on disk: each commit is synced (once per batch).
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        let reads = SqlitePoolOptions::new()
+            .max_connections(read_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options.read_only(true));
+        Ok(Self {
+            writer,
+            reads,
+            bell: Arc::new(watch::channel(0).0),
+            lock: Arc::new(std::sync::Mutex::new(Some(lock))),
+            path: path.to_owned(),
+        })
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Connections the read pool may hand out.
+    pub fn read_connections(&self) -> u32 {
+        self.reads.options().get_max_connections()
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        Self::migrate(self).await
+    }
+
+    async fn close(&self) {
+        tokio::join!(self.reads.close(), self.writer.close());
+        // The last connection closed checkpointed the WAL; now another process may open it.
+        self.lock.lock().expect("lock slot").take();
+    }
+
+    fn read_connections(&self) -> u32 {
+        Self::read_connections(self)
+    }
+
+    fn pool_stats(&self) -> (u32, usize) {
+        (self.reads.size(), self.reads.num_idle())
+    }
+
+    async fn ingest(&self, events: &[Event]) -> Result<Vec<Outcome>, StoreError> {
+        let tx = ingest::SqliteIngest::begin(&self.writer, self.bell.clone()).await?;
+        crate::store::ingest::ingest(tx, events).await
+    }
+
+    async fn get_process(
+        &self,
+        process_id: &str,
+    ) -> Result<(Option<ProcessDetail>, i64), StoreError> {
+        read::get_process(&self.reads, process_id).await
+    }
+
+    async fn list_processes(
+        &self,
+        filter: &ProcessFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Process>, StoreError> {
+        read::list_processes(&self.reads, filter, page).await
+    }
+
+    async fn list_tasks(
+        &self,
+        filter: &TaskFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Task>, StoreError> {
+        read::list_tasks(&self.reads, filter, page).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("select 1").execute(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn log_bounds(&self) -> Result<LogBounds, StoreError> {
+        read::log_bounds(&self.reads).await
+    }
+
+    async fn changes_after(
+        &self,
+        after: i64,
+        process_id: Option<&str>,
+        limit: u32,
+    ) -> Result<ChangeLog, StoreError> {
+        read::changes_after(&self.reads, after, process_id, limit).await
+    }
+
+    async fn changed_processes(&self, after: i64) -> Result<(Vec<(i64, String)>, i64), StoreError> {
+        read::changed_processes(&self.reads, after).await
+    }
+
+    async fn snapshot_page(
+        &self,
+        filter: &ProcessFilter,
+        page: &PageRequest,
+    ) -> Result<Page<ProcessDetail>, StoreError> {
+        read::snapshot_page(&self.reads, filter, page).await
+    }
+
+    async fn prune(&self, retention: Retention) -> Result<i64, StoreError> {
+        read::prune(&self.writer, retention).await
+    }
+
+    async fn doorbell(&self) -> Result<Box<dyn Doorbell>, StoreError> {
+        Ok(Box::new(Bell(self.bell.subscribe())))
+    }
+}
+
+/// The in-process doorbell: the writer sends each new revision after its commit.
+#[derive(Debug)]
+struct Bell(watch::Receiver<i64>);
+
+#[async_trait::async_trait]
+impl Doorbell for Bell {
+    async fn ring(&mut self) -> Result<(), StoreError> {
+        self.0
+            .changed()
+            .await
+            .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolClosed))
+    }
+}
+
+/// `PATH.lock`, locked exclusively with the holder's process id written in it.
+#[derive(Debug)]
+struct FileLock(#[allow(dead_code)] std::fs::File);
+
+impl FileLock {
+    fn take(database: &Path) -> Result<Self, StoreError> {
+        let mut path = database.as_os_str().to_owned();
+        path.push(".lock");
+        let path = PathBuf::from(path);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::Locked(format!("cannot open {}: {e}", path.display())))?;
+        if file.try_lock().is_err() {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let holder = if holder.is_empty() {
+                "another process"
+            } else {
+                holder
+            };
+            return Err(StoreError::Locked(format!(
+                "{} is in use by process {holder} (one process per SQLite file; for several replicas use Postgres)",
+                database.display()
+            )));
+        }
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .and_then(|()| file.flush());
+        written.map_err(|e| StoreError::Locked(format!("cannot write {}: {e}", path.display())))?;
+        Ok(Self(file))
+    }
+}
