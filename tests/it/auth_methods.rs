@@ -168,133 +168,135 @@ fn clients() -> Vec<(&'static str, reqwest::Client)> {
     vec![("HTTP/1.1", h1), ("HTTP/2", h2)]
 }
 
-#[tokio::test]
-async fn no_method_or_framing_skips_the_token() {
-    let db = TestDb::new().await;
-    let tokens_file = temp_dir().join("tokens");
-    std::fs::write(&tokens_file, format!("matrix {TOKEN}\n")).unwrap();
-    let mut config = config(&db);
-    config.auth = Some(AuthConfig {
-        tokens_file,
-        open_health: false,
-        open_reflection: false,
-    });
-    let app = TestApp::spawn(config).await;
-    store_vector(&app).await;
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn no_method_or_framing_skips_the_token(backend) {
+        let db = TestDb::on(backend).await;
+        let tokens_file = temp_dir().join("tokens");
+        std::fs::write(&tokens_file, format!("matrix {TOKEN}\n")).unwrap();
+        let mut config = config(&db);
+        config.auth = Some(AuthConfig {
+            tokens_file,
+            open_health: false,
+            open_reflection: false,
+        });
+        let app = TestApp::spawn(config).await;
+        store_vector(&app).await;
 
-    let methods: Vec<reqwest::Method> =
-        ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "BREW", "HEAD"]
-            .iter()
-            .map(|m| reqwest::Method::from_bytes(m.as_bytes()).unwrap())
-            .collect();
-    let framings = [
-        ("HTTP/2", Framing::Grpc),
-        ("HTTP/1.1", Framing::GrpcWeb),
-        ("HTTP/2", Framing::GrpcWeb),
-        ("HTTP/1.1", Framing::GrpcWebText),
-        ("HTTP/2", Framing::GrpcWebText),
-    ];
-    let clients = clients();
-    let mut tried = 0;
-    for (path, message) in calls() {
-        let url = format!("http://{}{path}", app.grpc);
-        for (version, framing) in framings {
-            let client = &clients.iter().find(|(v, _)| *v == version).unwrap().1;
-            let what = |method: &str| format!("{method} {path} as {framing:?} over {version}");
-            for method in &methods {
-                let answer = send(client, &url, method, framing, &message, None).await;
-                assert_eq!(answer.http, 405, "{}: {answer:?}", what(method.as_str()));
-                assert!(
-                    answer.grpc_status.is_none() && !answer.body.starts_with(&[0]),
+        let methods: Vec<reqwest::Method> =
+            ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "BREW", "HEAD"]
+                .iter()
+                .map(|m| reqwest::Method::from_bytes(m.as_bytes()).unwrap())
+                .collect();
+        let framings = [
+            ("HTTP/2", Framing::Grpc),
+            ("HTTP/1.1", Framing::GrpcWeb),
+            ("HTTP/2", Framing::GrpcWeb),
+            ("HTTP/1.1", Framing::GrpcWebText),
+            ("HTTP/2", Framing::GrpcWebText),
+        ];
+        let clients = clients();
+        let mut tried = 0;
+        for (path, message) in calls() {
+            let url = format!("http://{}{path}", app.grpc);
+            for (version, framing) in framings {
+                let client = &clients.iter().find(|(v, _)| *v == version).unwrap().1;
+                let what = |method: &str| format!("{method} {path} as {framing:?} over {version}");
+                for method in &methods {
+                    let answer = send(client, &url, method, framing, &message, None).await;
+                    assert_eq!(answer.http, 405, "{}: {answer:?}", what(method.as_str()));
+                    assert!(
+                        answer.grpc_status.is_none() && !answer.body.starts_with(&[0]),
+                        "{}: {answer:?}",
+                        what(method.as_str())
+                    );
+                    tried += 1;
+                }
+                let post = reqwest::Method::POST;
+                let answer = send(client, &url, &post, framing, &message, None).await;
+                assert_eq!(
+                    (answer.grpc_status.as_deref(), answer.body.len()),
+                    (Some("16"), 0),
                     "{}: {answer:?}",
-                    what(method.as_str())
+                    what("POST")
                 );
                 tried += 1;
             }
-            let post = reqwest::Method::POST;
-            let answer = send(client, &url, &post, framing, &message, None).await;
-            assert_eq!(
-                (answer.grpc_status.as_deref(), answer.body.len()),
-                (Some("16"), 0),
-                "{}: {answer:?}",
-                what("POST")
-            );
-            tried += 1;
+            // The same message with the token is answered with data: the requests above were real
+            // calls, refused only for their method or missing token.
+            let client = &clients[1].1;
+            let answer = send(
+                client,
+                &url,
+                &reqwest::Method::POST,
+                Framing::Grpc,
+                &message,
+                Some(TOKEN),
+            )
+            .await;
+            assert_eq!(answer.http, 200, "{path}: {answer:?}");
+            assert!(answer.grpc_status.is_none(), "{path}: {answer:?}");
+            assert!(answer.body.len() > 5, "{path} answered no data: {answer:?}");
         }
-        // The same message with the token is answered with data: the requests above were real
-        // calls, refused only for their method or missing token.
-        let client = &clients[1].1;
-        let answer = send(
-            client,
-            &url,
-            &reqwest::Method::POST,
-            Framing::Grpc,
-            &message,
-            Some(TOKEN),
-        )
-        .await;
-        assert_eq!(answer.http, 200, "{path}: {answer:?}");
-        assert!(answer.grpc_status.is_none(), "{path}: {answer:?}");
-        assert!(answer.body.len() > 5, "{path} answered no data: {answer:?}");
-    }
-    assert_eq!(tried, 9 * 5 * 8);
+        assert_eq!(tried, 9 * 5 * 8);
 
-    // The dashboard's assets stay open, by GET and HEAD only.
-    for (method, path) in [
-        ("GET", "/"),
-        ("HEAD", "/"),
-        ("GET", "/dashboard.js"),
-        ("HEAD", "/dashboard.js"),
-    ] {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        // The dashboard's assets stay open, by GET and HEAD only.
+        for (method, path) in [
+            ("GET", "/"),
+            ("HEAD", "/"),
+            ("GET", "/dashboard.js"),
+            ("HEAD", "/dashboard.js"),
+        ] {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let response = clients[0]
+                .1
+                .request(method.clone(), format!("http://{}{path}", app.grpc))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "{method} {path}");
+            let h = response.headers();
+            assert_eq!(h["x-frame-options"], "DENY");
+            assert_eq!(h["x-content-type-options"], "nosniff");
+            assert_eq!(h["referrer-policy"], "no-referrer");
+            let csp = h["content-security-policy"].to_str().unwrap();
+            assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        }
         let response = clients[0]
             .1
-            .request(method.clone(), format!("http://{}{path}", app.grpc))
+            .post(format!("http://{}/", app.grpc))
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), 200, "{method} {path}");
-        let h = response.headers();
-        assert_eq!(h["x-frame-options"], "DENY");
-        assert_eq!(h["x-content-type-options"], "nosniff");
-        assert_eq!(h["referrer-policy"], "no-referrer");
-        let csp = h["content-security-policy"].to_str().unwrap();
-        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
-    }
-    let response = clients[0]
-        .1
-        .post(format!("http://{}/", app.grpc))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        response
-            .headers()
-            .get("grpc-status")
-            .map(|v| v.to_str().unwrap()),
-        Some("16"),
-        "POST / is not an asset: it needs a token like any call"
-    );
-
-    // Every call that reached a service is in rpc_seconds with its caller; the refused methods
-    // reached none and are counted apart.
-    let scrape = crate::metrics::scrape(&app).await;
-    for (path, _) in calls() {
-        let labels = [("method", path), ("caller", "matrix")];
         assert_eq!(
-            crate::metrics::value(&scrape, "process_state_rpc_seconds", &labels),
-            1.0,
-            "{path}"
+            response
+                .headers()
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap()),
+            Some("16"),
+            "POST / is not an asset: it needs a token like any call"
         );
+
+        // Every call that reached a service is in rpc_seconds with its caller; the refused methods
+        // reached none and are counted apart.
+        let scrape = crate::metrics::scrape(&app).await;
+        for (path, _) in calls() {
+            let labels = [("method", path), ("caller", "matrix")];
+            assert_eq!(
+                crate::metrics::value(&scrape, "process_state_rpc_seconds", &labels),
+                1.0,
+                "{path}"
+            );
+        }
+        let other = [("method", "other")];
+        assert_eq!(
+            crate::metrics::value(&scrape, "process_state_rpc_seconds", &other),
+            0.0
+        );
+        assert_eq!(
+            crate::metrics::value(&scrape, "process_state_rpc_method_not_allowed_total", &[]),
+            (9 * 5 * 7) as f64
+        );
+        app.stop().await;
     }
-    let other = [("method", "other")];
-    assert_eq!(
-        crate::metrics::value(&scrape, "process_state_rpc_seconds", &other),
-        0.0
-    );
-    assert_eq!(
-        crate::metrics::value(&scrape, "process_state_rpc_method_not_allowed_total", &[]),
-        (9 * 5 * 7) as f64
-    );
-    app.stop().await;
 }

@@ -33,23 +33,27 @@ async fn get(app: &TestApp, min_revision: i64) -> (i32, i64) {
     (response.process.unwrap().status, response.revision)
 }
 
-#[tokio::test]
-async fn acknowledged_changes_are_read_back_at_once() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(config(&db)).await;
-    for n in 1..=40 {
-        let status = [1, 2, 9, 10][n as usize % 4];
-        assert_eq!(app.deliver(&status_event(n, status)).await.0, 200);
-        // Read twice: the first read may fill the cache, the second is served from it.
-        assert_eq!(get(&app, 0).await.0, status, "after event {n}");
-        assert_eq!(get(&app, 0).await.0, status, "after event {n}, cached");
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn acknowledged_changes_are_read_back_at_once(backend) {
+        let db = TestDb::on(backend).await;
+        let app = TestApp::spawn(config(&db)).await;
+        for n in 1..=40 {
+            let status = [1, 2, 9, 10][n as usize % 4];
+            assert_eq!(app.deliver(&status_event(n, status)).await.0, 200);
+            // Read twice: the first read may fill the cache, the second is served from it.
+            assert_eq!(get(&app, 0).await.0, status, "after event {n}");
+            assert_eq!(get(&app, 0).await.0, status, "after event {n}, cached");
+        }
+        app.stop().await;
     }
-    app.stop().await;
 }
 
 #[tokio::test]
 async fn other_replicas_changes_reach_the_cache() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let (a, b) = (
         TestApp::spawn(config(&db)).await,
         TestApp::spawn(config(&db)).await,
@@ -80,38 +84,40 @@ async fn other_replicas_changes_reach_the_cache() {
     b.stop().await;
 }
 
-/// A `min_revision` not committed yet is waited for (an event that lands meanwhile is in the
-/// answer); one that never comes is refused as in the future, within the call's deadline,
-/// never answered with an older revision.
-#[tokio::test]
-async fn a_min_revision_ahead_is_waited_for_or_refused() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(config(&db)).await;
-    assert_eq!(app.deliver(&status_event(1, 1)).await.0, 200);
-    let (_, now) = get(&app, 0).await;
+crate::on_both_stores! {
+    /// A `min_revision` not committed yet is waited for (an event that lands meanwhile is in the
+    /// answer); one that never comes is refused as in the future, within the call's deadline,
+    /// never answered with an older revision.
+    #[tokio::test]
+    async fn a_min_revision_ahead_is_waited_for_or_refused(backend) {
+        let db = TestDb::on(backend).await;
+        let app = TestApp::spawn(config(&db)).await;
+        assert_eq!(app.deliver(&status_event(1, 1)).await.0, 200);
+        let (_, now) = get(&app, 0).await;
 
-    // The next revision lands 300 ms after the call starts: the answer includes it.
-    let later = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(app.deliver(&status_event(2, 9)).await.0, 200);
-    };
-    let ((status, revision), ()) = tokio::join!(get(&app, now + 1), later);
-    assert_eq!((status, revision), (9, now + 1));
+        // The next revision lands 300 ms after the call starts: the answer includes it.
+        let later = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(app.deliver(&status_event(2, 9)).await.0, 200);
+        };
+        let ((status, revision), ()) = tokio::join!(get(&app, now + 1), later);
+        assert_eq!((status, revision), (9, now + 1));
 
-    // Far ahead: INVALID_ARGUMENT naming the latest revision, bounded by the deadline.
-    let mut request = tonic::Request::new(GetProcessRequest {
-        process_id: PROCESS.into(),
-        min_revision: now + 100,
-    });
-    request.set_timeout(Duration::from_millis(500));
-    let started = Instant::now();
-    let status = app.api().await.get_process(request).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("in the future"), "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
-    app.stop().await;
+        // Far ahead: INVALID_ARGUMENT naming the latest revision, bounded by the deadline.
+        let mut request = tonic::Request::new(GetProcessRequest {
+            process_id: PROCESS.into(),
+            min_revision: now + 100,
+        });
+        request.set_timeout(Duration::from_millis(500));
+        let started = Instant::now();
+        let status = app.api().await.get_process(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("in the future"), "{status:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        app.stop().await;
+    }
 }

@@ -134,7 +134,9 @@ fn config_check_prints_effective_settings_masked() {
 
 #[tokio::test]
 async fn migrate_then_serve_then_sigterm() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let url = database_url(&db);
     let status = Command::new(BIN)
         .args(["migrate", "--database-url", &url])

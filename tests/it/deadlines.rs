@@ -8,37 +8,41 @@ use process_state::api::pb::{GetProcessRequest, WatchProcessesRequest};
 use std::time::{Duration, Instant};
 use tonic::Code;
 
-#[tokio::test]
-async fn a_stream_ends_at_its_deadline() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(config(&db)).await;
-    let mut api = app.api().await;
-    let mut request = tonic::Request::new(WatchProcessesRequest::default());
-    request.set_timeout(Duration::from_millis(400));
-    let started = Instant::now();
-    let mut stream = api.watch_processes(request).await.unwrap().into_inner();
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream.message())
-            .await
-            .expect("the stream ends at its deadline, not later")
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
-    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
-    app.stop().await;
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn a_stream_ends_at_its_deadline(backend) {
+        let db = TestDb::on(backend).await;
+        let app = TestApp::spawn(config(&db)).await;
+        let mut api = app.api().await;
+        let mut request = tonic::Request::new(WatchProcessesRequest::default());
+        request.set_timeout(Duration::from_millis(400));
+        let started = Instant::now();
+        let mut stream = api.watch_processes(request).await.unwrap().into_inner();
+        let status = loop {
+            match tokio::time::timeout(Duration::from_secs(5), stream.message())
+                .await
+                .expect("the stream ends at its deadline, not later")
+            {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        app.stop().await;
+    }
 }
 
 #[tokio::test]
 async fn a_call_past_its_deadline_is_deadline_exceeded_with_cors() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let mut cfg = config(&db);
     let proxy = FreezableProxy::in_front_of(&db, &mut cfg).await;
     cfg.cors_allow_origins = vec!["https://dash.example".parse().unwrap()];

@@ -52,68 +52,70 @@ fn run(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
-#[tokio::test]
-async fn grpcurl_lists_and_calls_every_rpc() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(config(&db)).await;
-    let (body, headers) = signed_vector();
-    assert_eq!(app.post(body, &header_refs(&headers)).await.0, 200);
-    let addr = app.grpc.to_string();
-    let (ok, out) = {
-        let addr = addr.clone();
-        tokio::task::spawn_blocking(move || run(&["-plaintext", &addr, "list"]))
-            .await
-            .unwrap()
-    };
-    assert!(ok, "{out}");
-    assert!(
-        out.contains("processstate.v1.ProcessService") && out.contains("grpc.health.v1.Health"),
-        "{out}"
-    );
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn grpcurl_lists_and_calls_every_rpc(backend) {
+        let db = TestDb::on(backend).await;
+        let app = TestApp::spawn(config(&db)).await;
+        let (body, headers) = signed_vector();
+        assert_eq!(app.post(body, &header_refs(&headers)).await.0, 200);
+        let addr = app.grpc.to_string();
+        let (ok, out) = {
+            let addr = addr.clone();
+            tokio::task::spawn_blocking(move || run(&["-plaintext", &addr, "list"]))
+                .await
+                .unwrap()
+        };
+        assert!(ok, "{out}");
+        assert!(
+            out.contains("processstate.v1.ProcessService") && out.contains("grpc.health.v1.Health"),
+            "{out}"
+        );
 
-    let call = |method: &'static str, data: &'static str| {
-        let addr = addr.clone();
-        tokio::task::spawn_blocking(move || {
-            run(&[
-                "-plaintext",
-                "-d",
-                data,
-                &addr,
-                &format!("processstate.v1.ProcessService/{method}"),
-            ])
-        })
-    };
-    let (ok, out) = call("GetProcess", r#"{"process_id": "7384728360900888108"}"#)
+        let call = |method: &'static str, data: &'static str| {
+            let addr = addr.clone();
+            tokio::task::spawn_blocking(move || {
+                run(&[
+                    "-plaintext",
+                    "-d",
+                    data,
+                    &addr,
+                    &format!("processstate.v1.ProcessService/{method}"),
+                ])
+            })
+        };
+        let (ok, out) = call("GetProcess", r#"{"process_id": "7384728360900888108"}"#)
+            .await
+            .unwrap();
+        assert!(ok, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["process"]["status"], "PROCESS_STATUS_COMPLETED");
+        assert_eq!(v["revision"], "1");
+
+        let (ok, out) = call(
+            "ListProcesses",
+            r#"{"statuses": ["PROCESS_STATUS_COMPLETED"]}"#,
+        )
         .await
         .unwrap();
-    assert!(ok, "{out}");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["process"]["status"], "PROCESS_STATUS_COMPLETED");
-    assert_eq!(v["revision"], "1");
+        assert!(ok, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["processes"][0]["processId"], "7384728360900888108");
 
-    let (ok, out) = call(
-        "ListProcesses",
-        r#"{"statuses": ["PROCESS_STATUS_COMPLETED"]}"#,
-    )
-    .await
-    .unwrap();
-    assert!(ok, "{out}");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["processes"][0]["processId"], "7384728360900888108");
+        let (ok, out) = call(
+            "ListTasks",
+            r#"{"process_id": "7384728360900888108", "page_size": 10}"#,
+        )
+        .await
+        .unwrap();
+        assert!(ok, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["revision"], "1", "{out}");
 
-    let (ok, out) = call(
-        "ListTasks",
-        r#"{"process_id": "7384728360900888108", "page_size": 10}"#,
-    )
-    .await
-    .unwrap();
-    assert!(ok, "{out}");
-    let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["revision"], "1", "{out}");
-
-    let (ok, out) = call("GetProcess", r#"{"process_id": "1"}"#).await.unwrap();
-    assert!(!ok && out.contains("NotFound"), "{out}");
-    // Reflection serves google.rpc types too, so grpcurl decodes the error details.
-    assert!(out.contains("\"reason\":\"PROCESS_NOT_FOUND\""), "{out}");
-    app.stop().await;
+        let (ok, out) = call("GetProcess", r#"{"process_id": "1"}"#).await.unwrap();
+        assert!(!ok && out.contains("NotFound"), "{out}");
+        // Reflection serves google.rpc types too, so grpcurl decodes the error details.
+        assert!(out.contains("\"reason\":\"PROCESS_NOT_FOUND\""), "{out}");
+        app.stop().await;
+    }
 }

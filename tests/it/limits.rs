@@ -24,50 +24,52 @@ async fn closed_within(conn: &mut TcpStream, within: Duration) -> bool {
     tokio::time::timeout(within, read).await.is_ok()
 }
 
-#[tokio::test]
-async fn idle_and_half_sent_connections_cannot_crowd_out_a_delivery() {
-    let db = TestDb::new().await;
-    let mut config = config(&db);
-    config.listener.max_connections = 20;
-    config.listener.header_read_timeout = Duration::from_secs(2);
-    let app = TestApp::spawn(config).await;
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn idle_and_half_sent_connections_cannot_crowd_out_a_delivery(backend) {
+        let db = TestDb::on(backend).await;
+        let mut config = config(&db);
+        config.listener.max_connections = 20;
+        config.listener.header_read_timeout = Duration::from_secs(2);
+        let app = TestApp::spawn(config).await;
 
-    // The cap filled: 10 silent connections (oldest first), then 10 slowloris ones that send
-    // half a request's headers.
-    let mut silent = Vec::new();
-    for _ in 0..10 {
-        silent.push(TcpStream::connect(app.http).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let mut slow = Vec::new();
-    for _ in 0..10 {
-        let mut conn = TcpStream::connect(app.http).await.unwrap();
-        conn.write_all(b"POST /webhook/event HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-            .await
-            .unwrap();
-        slow.push(conn);
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+        // The cap filled: 10 silent connections (oldest first), then 10 slowloris ones that send
+        // half a request's headers.
+        let mut silent = Vec::new();
+        for _ in 0..10 {
+            silent.push(TcpStream::connect(app.http).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut slow = Vec::new();
+        for _ in 0..10 {
+            let mut conn = TcpStream::connect(app.http).await.unwrap();
+            conn.write_all(b"POST /webhook/event HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await
+                .unwrap();
+            slow.push(conn);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let (body, headers) = signed_vector();
-    let started = Instant::now();
-    let (status, _, text) = tokio::time::timeout(
-        Duration::from_secs(1),
-        app.post(body, &header_refs(&headers)),
-    )
-    .await
-    .expect("a good delivery is answered within 1 s with the cap reached");
-    assert_eq!(status, 200, "{text}");
-    println!("delivery at the cap answered in {:?}", started.elapsed());
-    assert!(
-        closed_within(&mut silent[0], Duration::from_secs(1)).await,
-        "the longest-idle connection was closed to make room"
-    );
-    // The slowloris connections never finish their headers: closed after the header timeout.
-    for conn in &mut slow {
-        assert!(closed_within(conn, Duration::from_secs(5)).await);
+        let (body, headers) = signed_vector();
+        let started = Instant::now();
+        let (status, _, text) = tokio::time::timeout(
+            Duration::from_secs(1),
+            app.post(body, &header_refs(&headers)),
+        )
+        .await
+        .expect("a good delivery is answered within 1 s with the cap reached");
+        assert_eq!(status, 200, "{text}");
+        println!("delivery at the cap answered in {:?}", started.elapsed());
+        assert!(
+            closed_within(&mut silent[0], Duration::from_secs(1)).await,
+            "the longest-idle connection was closed to make room"
+        );
+        // The slowloris connections never finish their headers: closed after the header timeout.
+        for conn in &mut slow {
+            assert!(closed_within(conn, Duration::from_secs(5)).await);
+        }
+        app.stop().await;
     }
-    app.stop().await;
 }
 
 /// A request to `path` over a raw HTTP/2 connection.
@@ -130,42 +132,44 @@ async fn stream_limit_holds(
         .unwrap();
 }
 
-#[tokio::test]
-async fn streams_per_connection_are_limited_on_both_listeners() {
-    let db = TestDb::new().await;
-    let mut config = config(&db);
-    config.listener.max_concurrent_streams = 8;
-    let app = TestApp::spawn(config).await;
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn streams_per_connection_are_limited_on_both_listeners(backend) {
+        let db = TestDb::on(backend).await;
+        let mut config = config(&db);
+        config.listener.max_concurrent_streams = 8;
+        let app = TestApp::spawn(config).await;
 
-    // gRPC: watch streams stay open; the probe is a health check.
-    let grpc = app.grpc;
-    let watch = || {
-        let path = "/processstate.v1.ProcessService/WatchProcesses";
-        let framed = Bytes::from_static(&[0, 0, 0, 0, 0]);
-        (
-            request(grpc, "POST", path, "application/grpc"),
-            framed,
-            true,
-        )
-    };
-    let health = || {
-        request(
-            grpc,
-            "POST",
-            "/grpc.health.v1.Health/Check",
-            "application/grpc",
-        )
-    };
-    stream_limit_holds(grpc, 8, watch, health).await;
+        // gRPC: watch streams stay open; the probe is a health check.
+        let grpc = app.grpc;
+        let watch = || {
+            let path = "/processstate.v1.ProcessService/WatchProcesses";
+            let framed = Bytes::from_static(&[0, 0, 0, 0, 0]);
+            (
+                request(grpc, "POST", path, "application/grpc"),
+                framed,
+                true,
+            )
+        };
+        let health = || {
+            request(
+                grpc,
+                "POST",
+                "/grpc.health.v1.Health/Check",
+                "application/grpc",
+            )
+        };
+        stream_limit_holds(grpc, 8, watch, health).await;
 
-    // HTTP: webhook requests whose bodies never finish hold their streams; the probe is
-    // /healthz.
-    let http = app.http;
-    let partial = || {
-        let req = request(http, "POST", "/webhook/event", "application/json");
-        (req, Bytes::from_static(b"{"), false)
-    };
-    let healthz = || request(http, "GET", "/healthz", "text/plain");
-    stream_limit_holds(http, 8, partial, healthz).await;
-    app.stop().await;
+        // HTTP: webhook requests whose bodies never finish hold their streams; the probe is
+        // /healthz.
+        let http = app.http;
+        let partial = || {
+            let req = request(http, "POST", "/webhook/event", "application/json");
+            (req, Bytes::from_static(b"{"), false)
+        };
+        let healthz = || request(http, "GET", "/healthz", "text/plain");
+        stream_limit_holds(http, 8, partial, healthz).await;
+        app.stop().await;
+    }
 }

@@ -77,7 +77,9 @@ fn ack_code(frame: &process_state::feishu::frame::Frame) -> i64 {
 
 #[tokio::test]
 async fn whole_and_shuffled_chunked_events_are_stored_and_acked_once() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let gateway = FakeGateway::start().await;
     let app = spawn(&db, &gateway).await;
     gateway.wait_connections(1).await;
@@ -160,7 +162,9 @@ async fn whole_and_shuffled_chunked_events_are_stored_and_acked_once() {
 
 #[tokio::test]
 async fn a_store_failure_acks_500_and_the_redelivery_succeeds() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let gateway = FakeGateway::start().await;
     let app = spawn(&db, &gateway).await;
     gateway.wait_connections(1).await;
@@ -184,106 +188,112 @@ async fn a_store_failure_acks_500_and_the_redelivery_succeeds() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(delivered, "the redelivery was stored");
-    let c = counts(&db.pool().await).await;
+    let c = counts(&db).await;
     assert_eq!((c.inbox, c.revision), (1, 1));
     app.stop().await;
 }
 
-#[tokio::test]
-async fn after_a_drop_the_worker_rediscovers_and_resumes() {
-    let db = TestDb::new().await;
-    let gateway = FakeGateway::start().await;
-    let app = spawn(&db, &gateway).await;
-    gateway.wait_connections(1).await;
-    gateway.drop_connection().await;
-    gateway.wait_connections(2).await;
-    assert!(
-        gateway.discoveries() >= 2,
-        "the endpoint is discovered again for each connection"
-    );
-    deliver_and_expect_ack(&gateway, "e-after", "888").await;
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn a_half_open_connection_is_detected_and_replaced() {
-    let db = TestDb::new().await;
-    let gateway = FakeGateway::start().await;
-    let app = spawn(&db, &gateway).await;
-    gateway.wait_connections(1).await;
-    gateway.go_silent(true); // no pongs, no frames: the socket looks alive but is not
-    gateway.wait_connections(2).await;
-    gateway.go_silent(false);
-    deliver_and_expect_ack(&gateway, "e-new", "999").await;
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn too_many_connections_stops_the_worker_with_a_clear_reason() {
-    let db = TestDb::new().await;
-    let gateway = FakeGateway::start().await;
-    gateway.refuse_handshakes(Some((
-        400,
-        vec![
-            ("handshake-status", "514".into()),
-            ("handshake-autherrcode", "1000040350".into()),
-            ("handshake-msg", "exceed conn limit".into()),
-        ],
-    )));
-    let app = spawn(&db, &gateway).await;
-    let body = wait_stopped(&app).await;
-    assert_eq!(
-        readyz(&app).await.0,
-        503,
-        "a stopped worker makes the replica not ready"
-    );
-    let mut health = tonic_health::pb::health_client::HealthClient::new(app.grpc_channel().await);
-    let mut status = 0;
-    for _ in 0..50 {
-        status = health
-            .check(tonic_health::pb::HealthCheckRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
-        if status == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn after_a_drop_the_worker_rediscovers_and_resumes(backend) {
+        let db = TestDb::on(backend).await;
+        let gateway = FakeGateway::start().await;
+        let app = spawn(&db, &gateway).await;
+        gateway.wait_connections(1).await;
+        gateway.drop_connection().await;
+        gateway.wait_connections(2).await;
+        assert!(
+            gateway.discoveries() >= 2,
+            "the endpoint is discovered again for each connection"
+        );
+        deliver_and_expect_ack(&gateway, "e-after", "888").await;
+        app.stop().await;
     }
-    assert_eq!(
-        status, 2,
-        "gRPC health says NOT_SERVING as /readyz says 503"
-    );
-    let reason = body["long_connection"]["reason"].as_str().unwrap();
-    assert!(
-        reason.contains("maximum number of long connections"),
-        "{reason}"
-    );
-    assert!(
-        !reason.contains("secretkey") && !reason.contains(APP_SECRET),
-        "no credentials in the reason"
-    );
-    assert_eq!(gateway.connections(), 0);
-    // The webhook still works.
-    let (body, headers) = signed_vector();
-    assert_eq!(app.post(body, &header_refs(&headers)).await.0, 200);
-    app.stop().await;
+}
 
-    // The same from endpoint discovery's code, and a wrong secret (403) stops it too.
-    let gateway = FakeGateway::start().await;
-    gateway.set_endpoint_code(1_000_040_350);
-    let app = spawn(&db, &gateway).await;
-    wait_stopped(&app).await;
-    app.stop().await;
-    let gateway = FakeGateway::start().await;
-    let mut cfg = config(&db);
-    let mut w = worker(&gateway);
-    w.credentials.app_secret = SecretString::from("wrong");
-    cfg.long_connection = Some(w);
-    let app = TestApp::spawn(cfg).await;
-    wait_stopped(&app).await;
-    app.stop().await;
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn a_half_open_connection_is_detected_and_replaced(backend) {
+        let db = TestDb::on(backend).await;
+        let gateway = FakeGateway::start().await;
+        let app = spawn(&db, &gateway).await;
+        gateway.wait_connections(1).await;
+        gateway.go_silent(true); // no pongs, no frames: the socket looks alive but is not
+        gateway.wait_connections(2).await;
+        gateway.go_silent(false);
+        deliver_and_expect_ack(&gateway, "e-new", "999").await;
+        app.stop().await;
+    }
+}
+
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn too_many_connections_stops_the_worker_with_a_clear_reason(backend) {
+        let db = TestDb::on(backend).await;
+        let gateway = FakeGateway::start().await;
+        gateway.refuse_handshakes(Some((
+            400,
+            vec![
+                ("handshake-status", "514".into()),
+                ("handshake-autherrcode", "1000040350".into()),
+                ("handshake-msg", "exceed conn limit".into()),
+            ],
+        )));
+        let app = spawn(&db, &gateway).await;
+        let body = wait_stopped(&app).await;
+        assert_eq!(
+            readyz(&app).await.0,
+            503,
+            "a stopped worker makes the replica not ready"
+        );
+        let mut health = tonic_health::pb::health_client::HealthClient::new(app.grpc_channel().await);
+        let mut status = 0;
+        for _ in 0..50 {
+            status = health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            if status == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            status, 2,
+            "gRPC health says NOT_SERVING as /readyz says 503"
+        );
+        let reason = body["long_connection"]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("maximum number of long connections"),
+            "{reason}"
+        );
+        assert!(
+            !reason.contains("secretkey") && !reason.contains(APP_SECRET),
+            "no credentials in the reason"
+        );
+        assert_eq!(gateway.connections(), 0);
+        // The webhook still works.
+        let (body, headers) = signed_vector();
+        assert_eq!(app.post(body, &header_refs(&headers)).await.0, 200);
+        app.stop().await;
+
+        // The same from endpoint discovery's code, and a wrong secret (403) stops it too.
+        let gateway = FakeGateway::start().await;
+        gateway.set_endpoint_code(1_000_040_350);
+        let app = spawn(&db, &gateway).await;
+        wait_stopped(&app).await;
+        app.stop().await;
+        let gateway = FakeGateway::start().await;
+        let mut cfg = config(&db);
+        let mut w = worker(&gateway);
+        w.credentials.app_secret = SecretString::from("wrong");
+        cfg.long_connection = Some(w);
+        let app = TestApp::spawn(cfg).await;
+        wait_stopped(&app).await;
+        app.stop().await;
+    }
 }
 
 /// Waits until `/readyz` reports the worker stopped; returns that answer's body.
@@ -305,98 +315,106 @@ async fn deliver_and_expect_ack(gateway: &FakeGateway, id: &str, process_id: &st
     assert_eq!(ack_code(&gateway.wait_acks(1).await[0]), 200);
 }
 
-#[tokio::test]
-async fn one_event_through_the_webhook_and_the_long_connection_is_applied_once() {
-    let db = TestDb::new().await;
-    let gateway = FakeGateway::start().await;
-    let app = spawn(&db, &gateway).await;
-    gateway.wait_connections(1).await;
-    let (body, headers) = signed_vector();
-    assert_eq!(app.post(body, &header_refs(&headers)).await.0, 200);
-    gateway
-        .send(&event_frames("m-dup", &vector_payload(), 2, 1)[1])
-        .await;
-    gateway
-        .send(&event_frames("m-dup", &vector_payload(), 2, 1)[0])
-        .await;
-    assert_eq!(
-        ack_code(&gateway.wait_acks(1).await[0]),
-        200,
-        "a duplicate is acked 200"
-    );
-    let c = counts(&db.pool().await).await;
-    assert_eq!((c.inbox, c.changes, c.revision), (1, 1, 1));
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn trace_logs_never_contain_the_websocket_url_or_the_secret() {
-    // Everything at trace, through the service's own cap (also `log` records, via the bridge).
-    let logs = crate::common::logs::capture(tracing::level_filters::LevelFilter::TRACE);
-    let db = TestDb::new().await;
-    let gateway = FakeGateway::start().await;
-    let app = spawn(&db, &gateway).await;
-    gateway.wait_connections(1).await;
-    gateway.drop_connection().await;
-    gateway.wait_connections(2).await;
-    deliver_and_expect_ack(&gateway, "e-log", "1234").await;
-    app.stop().await;
-    let logs = logs.text();
-    assert!(logs.contains("connected"), "the capture works");
-    for secret in ["secretkey", "access_key", "ticket=t-", APP_SECRET] {
-        assert!(!logs.contains(secret), "{secret} was logged");
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn one_event_through_the_webhook_and_the_long_connection_is_applied_once(backend) {
+        let db = TestDb::on(backend).await;
+        let gateway = FakeGateway::start().await;
+        let app = spawn(&db, &gateway).await;
+        gateway.wait_connections(1).await;
+        let (body, headers) = signed_vector();
+        assert_eq!(app.post(body, &header_refs(&headers)).await.0, 200);
+        gateway
+            .send(&event_frames("m-dup", &vector_payload(), 2, 1)[1])
+            .await;
+        gateway
+            .send(&event_frames("m-dup", &vector_payload(), 2, 1)[0])
+            .await;
+        assert_eq!(
+            ack_code(&gateway.wait_acks(1).await[0]),
+            200,
+            "a duplicate is acked 200"
+        );
+        let c = counts(&db).await;
+        assert_eq!((c.inbox, c.changes, c.revision), (1, 1, 1));
+        app.stop().await;
     }
 }
 
-/// A `PingInterval` near `u64::MAX`, from endpoint discovery and then from a pong, is clamped:
-/// the session does not panic, stays the one connection, and keeps storing and acking events.
-#[tokio::test]
-async fn a_huge_ping_interval_from_the_endpoint_or_a_pong_is_clamped() {
-    let db = TestDb::new().await;
-    let gateway = FakeGateway::start().await;
-    let huge = json!({"PingInterval": u64::MAX, "ReconnectCount": -1, "ReconnectInterval": u64::MAX, "ReconnectNonce": u64::MAX});
-    gateway.set_client_config(huge.clone());
-    let app = spawn(&db, &gateway).await;
-    gateway.wait_connections(1).await;
-    deliver_and_expect_ack(&gateway, "e-huge-1", "777").await;
-    gateway.send(&pong_with_config(&huge)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let frame = &event_frames("m-huge-2", &event("e-huge-2", "777", 2), 1, 2)[0];
-    gateway.send(frame).await;
-    let acks = gateway.wait_acks(2).await;
-    assert_eq!(ack_code(&acks[1]), 200);
-    assert_eq!(gateway.connections(), 1, "the session was never lost");
-    let (status, body) = readyz(&app).await;
-    assert_eq!(
-        (status, body["long_connection"]["state"].as_str()),
-        (200, Some("connected"))
-    );
-    app.stop().await;
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn trace_logs_never_contain_the_websocket_url_or_the_secret(backend) {
+        // Everything at trace, through the service's own cap (also `log` records, via the bridge).
+        let logs = crate::common::logs::capture(tracing::level_filters::LevelFilter::TRACE);
+        let db = TestDb::on(backend).await;
+        let gateway = FakeGateway::start().await;
+        let app = spawn(&db, &gateway).await;
+        gateway.wait_connections(1).await;
+        gateway.drop_connection().await;
+        gateway.wait_connections(2).await;
+        deliver_and_expect_ack(&gateway, "e-log", "1234").await;
+        app.stop().await;
+        let logs = logs.text();
+        assert!(logs.contains("connected"), "the capture works");
+        for secret in ["secretkey", "access_key", "ticket=t-", APP_SECRET] {
+            assert!(!logs.contains(secret), "{secret} was logged");
+        }
+    }
 }
 
-/// An event frame whose `message_id` is longer than 128 bytes is malformed: skipped, not
-/// stored, not acked (an 8 MB id per chunk took the service from 10 MB to 444 MB). The next
-/// good frame on the same connection is stored and acked.
-#[tokio::test]
-async fn an_over_long_message_id_is_refused() {
-    let db = TestDb::new().await;
-    let gateway = FakeGateway::start().await;
-    let app = spawn(&db, &gateway).await;
-    gateway.wait_connections(1).await;
-    let long_id = "m".repeat(64 * 1024);
-    for frame in event_frames(&long_id, &event("e-long", "555", 1), 2, 1) {
-        gateway.send(&frame).await;
+crate::on_both_stores! {
+    /// A `PingInterval` near `u64::MAX`, from endpoint discovery and then from a pong, is clamped:
+    /// the session does not panic, stays the one connection, and keeps storing and acking events.
+    #[tokio::test]
+    async fn a_huge_ping_interval_from_the_endpoint_or_a_pong_is_clamped(backend) {
+        let db = TestDb::on(backend).await;
+        let gateway = FakeGateway::start().await;
+        let huge = json!({"PingInterval": u64::MAX, "ReconnectCount": -1, "ReconnectInterval": u64::MAX, "ReconnectNonce": u64::MAX});
+        gateway.set_client_config(huge.clone());
+        let app = spawn(&db, &gateway).await;
+        gateway.wait_connections(1).await;
+        deliver_and_expect_ack(&gateway, "e-huge-1", "777").await;
+        gateway.send(&pong_with_config(&huge)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let frame = &event_frames("m-huge-2", &event("e-huge-2", "777", 2), 1, 2)[0];
+        gateway.send(frame).await;
+        let acks = gateway.wait_acks(2).await;
+        assert_eq!(ack_code(&acks[1]), 200);
+        assert_eq!(gateway.connections(), 1, "the session was never lost");
+        let (status, body) = readyz(&app).await;
+        assert_eq!(
+            (status, body["long_connection"]["state"].as_str()),
+            (200, Some("connected"))
+        );
+        app.stop().await;
     }
-    let whole = &event_frames(&"w".repeat(129), &event("e-long-whole", "555", 1), 1, 3)[0];
-    gateway.send(whole).await;
-    deliver_and_expect_ack(&gateway, "e-short", "556").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        gateway.acks().await.len(),
-        1,
-        "only the good frame is acked"
-    );
-    let c = counts(&db.pool().await).await;
-    assert_eq!(c.inbox, 1);
-    app.stop().await;
+}
+
+crate::on_both_stores! {
+    /// An event frame whose `message_id` is longer than 128 bytes is malformed: skipped, not
+    /// stored, not acked (an 8 MB id per chunk took the service from 10 MB to 444 MB). The next
+    /// good frame on the same connection is stored and acked.
+    #[tokio::test]
+    async fn an_over_long_message_id_is_refused(backend) {
+        let db = TestDb::on(backend).await;
+        let gateway = FakeGateway::start().await;
+        let app = spawn(&db, &gateway).await;
+        gateway.wait_connections(1).await;
+        let long_id = "m".repeat(64 * 1024);
+        for frame in event_frames(&long_id, &event("e-long", "555", 1), 2, 1) {
+            gateway.send(&frame).await;
+        }
+        let whole = &event_frames(&"w".repeat(129), &event("e-long-whole", "555", 1), 1, 3)[0];
+        gateway.send(whole).await;
+        deliver_and_expect_ack(&gateway, "e-short", "556").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            gateway.acks().await.len(),
+            1,
+            "only the good frame is acked"
+        );
+        let c = counts(&db).await;
+        assert_eq!(c.inbox, 1);
+        app.stop().await;
+    }
 }

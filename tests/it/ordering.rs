@@ -68,11 +68,27 @@ fn drop_optional_fields(event: &mut Value, rng: &mut StdRng) {
     }
 }
 
-#[test]
-fn any_delivery_order_with_duplicates_ends_in_the_in_order_state() {
+mod any_delivery_order_with_duplicates_ends_in_the_in_order_state {
+    use crate::common::Backend;
+
+    #[test]
+    fn sqlite() {
+        super::ordering(Backend::Sqlite);
+    }
+
+    #[test]
+    fn postgres() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        if rt.block_on(Backend::postgres_runs()) {
+            super::ordering(Backend::Postgres);
+        }
+    }
+}
+
+fn ordering(backend: crate::common::Backend) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (in_order_db, shuffled_db) =
-        rt.block_on(async { (TestDb::new().await, TestDb::new().await) });
+        rt.block_on(async { (TestDb::on(backend).await, TestDb::on(backend).await) });
     let in_order = rt.block_on(TestApp::spawn(config(&in_order_db)));
     let shuffled = rt.block_on(TestApp::spawn(config(&shuffled_db)));
     let tenant = Tenant {
@@ -142,10 +158,7 @@ fn any_delivery_order_with_duplicates_ends_in_the_in_order_state() {
 
     // Duplicates changed nothing: both sides stored every event once.
     rt.block_on(async {
-        let (a, b) = (
-            counts(&in_order_db.pool().await).await,
-            counts(&shuffled_db.pool().await).await,
-        );
+        let (a, b) = (counts(&in_order_db).await, counts(&shuffled_db).await);
         assert_eq!(a.inbox, b.inbox);
         assert_eq!(
             (a.processes, a.nodes, a.tasks, a.cc_tasks),

@@ -22,85 +22,87 @@ fn task_event(n: usize) -> serde_json::Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_burst_is_shed_and_health_and_ingest_hold() {
-    let db = TestDb::new().await;
-    let mut cfg = config(&db);
-    cfg.db_max_connections = 8;
-    cfg.db_acquire_timeout = Duration::from_millis(300);
-    let app = TestApp::spawn(cfg).await;
-    futures::future::join_all((0..300).map(|n| {
-        let app = &app;
-        async move { assert_eq!(app.deliver(&task_event(n)).await.0, 200) }
-    }))
-    .await;
+crate::on_both_stores! {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_burst_is_shed_and_health_and_ingest_hold(backend) {
+        let db = TestDb::on(backend).await;
+        let mut cfg = config(&db);
+        cfg.db_max_connections = 8;
+        cfg.db_acquire_timeout = Duration::from_millis(300);
+        let app = TestApp::spawn(cfg).await;
+        futures::future::join_all((0..300).map(|n| {
+            let app = &app;
+            async move { assert_eq!(app.deliver(&task_event(n)).await.0, 200) }
+        }))
+        .await;
 
-    let mut health = HealthClient::new(app.grpc_channel().await)
-        .watch(HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let health_seen = tokio::spawn({
-        let seen = seen.clone();
-        async move {
-            while let Ok(Some(status)) = health.message().await {
-                seen.lock().unwrap().push(status.status);
-            }
-        }
-    });
-
-    let channels: Vec<_> = futures::future::join_all((0..8).map(|_| app.grpc_channel())).await;
-    let burst = futures::future::join_all((0..400).map(|n| {
-        let mut api = process_state::api::pb::process_service_client::ProcessServiceClient::new(
-            channels[n % channels.len()].clone(),
-        )
-        .max_decoding_message_size(64 * 1024 * 1024);
-        async move {
-            api.list_tasks(ListTasksRequest {
-                page_size: 1000,
-                ..Default::default()
-            })
+        let mut health = HealthClient::new(app.grpc_channel().await)
+            .watch(HealthCheckRequest::default())
             .await
-        }
-    }));
-    let deliveries = async {
-        let mut statuses = Vec::new();
-        for n in 300..310 {
-            statuses.push(app.deliver(&task_event(n)).await.0);
-        }
-        statuses
-    };
-    let (results, statuses) = tokio::join!(burst, deliveries);
-    assert!(
-        statuses.iter().all(|s| *s == 200),
-        "deliveries during the burst: {statuses:?}"
-    );
-    let mut codes = BTreeMap::new();
-    for result in &results {
-        match result {
-            Ok(page) => {
-                assert!(page.get_ref().tasks.len() >= 300);
-                *codes.entry("OK").or_insert(0) += 1;
+            .unwrap()
+            .into_inner();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let health_seen = tokio::spawn({
+            let seen = seen.clone();
+            async move {
+                while let Ok(Some(status)) = health.message().await {
+                    seen.lock().unwrap().push(status.status);
+                }
             }
-            Err(status) => {
-                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-                assert!(status.get_details_retry_info().is_some(), "{status:?}");
-                *codes.entry("RESOURCE_EXHAUSTED").or_insert(0) += 1;
+        });
+
+        let channels: Vec<_> = futures::future::join_all((0..8).map(|_| app.grpc_channel())).await;
+        let burst = futures::future::join_all((0..400).map(|n| {
+            let mut api = process_state::api::pb::process_service_client::ProcessServiceClient::new(
+                channels[n % channels.len()].clone(),
+            )
+            .max_decoding_message_size(64 * 1024 * 1024);
+            async move {
+                api.list_tasks(ListTasksRequest {
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await
+            }
+        }));
+        let deliveries = async {
+            let mut statuses = Vec::new();
+            for n in 300..310 {
+                statuses.push(app.deliver(&task_event(n)).await.0);
+            }
+            statuses
+        };
+        let (results, statuses) = tokio::join!(burst, deliveries);
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "deliveries during the burst: {statuses:?}"
+        );
+        let mut codes = BTreeMap::new();
+        for result in &results {
+            match result {
+                Ok(page) => {
+                    assert!(page.get_ref().tasks.len() >= 300);
+                    *codes.entry("OK").or_insert(0) += 1;
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                    assert!(status.get_details_retry_info().is_some(), "{status:?}");
+                    *codes.entry("RESOURCE_EXHAUSTED").or_insert(0) += 1;
+                }
             }
         }
+        println!("400 concurrent ListTasks(1000): {codes:?}");
+        assert!(codes.get("OK").copied().unwrap_or(0) > 0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        health_seen.abort();
+        let seen = seen.lock().unwrap().clone();
+        assert!(!seen.is_empty());
+        assert!(
+            seen.iter().all(|s| *s == 1),
+            "health stayed SERVING through the burst: {seen:?}"
+        );
+        app.stop().await;
     }
-    println!("400 concurrent ListTasks(1000): {codes:?}");
-    assert!(codes.get("OK").copied().unwrap_or(0) > 0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    health_seen.abort();
-    let seen = seen.lock().unwrap().clone();
-    assert!(!seen.is_empty());
-    assert!(
-        seen.iter().all(|s| *s == 1),
-        "health stayed SERVING through the burst: {seen:?}"
-    );
-    app.stop().await;
 }
 
 /// API reads run at most `read_concurrency` at once, whatever the pool could hold: with one
@@ -108,7 +110,9 @@ async fn a_read_burst_is_shed_and_health_and_ingest_hold() {
 /// RESOURCE_EXHAUSTED with a RetryInfo, instead of piling onto the pool (and the CPU).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_beyond_the_read_concurrency_are_refused() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let mut cfg = config(&db);
     let proxy = crate::common::proxy::FreezableProxy::in_front_of(&db, &mut cfg).await;
     cfg.db_max_connections = 16;

@@ -29,29 +29,31 @@ fn count_reflection_panics() {
     });
 }
 
-#[tokio::test]
-async fn a_client_leaving_mid_call_does_not_panic_the_service() {
-    count_reflection_panics();
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(config(&db)).await;
-    for _ in 0..20 {
-        let mut client = ServerReflectionClient::new(app.grpc_channel().await);
-        let requests = (0..500).map(|_| ServerReflectionRequest {
-            host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
-        });
-        let mut responses = client
-            .server_reflection_info(tokio_stream::iter(requests))
-            .await
-            .expect("reflection answers")
-            .into_inner();
-        let first = responses.message().await.expect("a first answer");
-        assert!(first.is_some());
-        // Leave with hundreds of requests still being answered.
-        drop(responses);
-        drop(client);
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn a_client_leaving_mid_call_does_not_panic_the_service(backend) {
+        count_reflection_panics();
+        let db = TestDb::on(backend).await;
+        let app = TestApp::spawn(config(&db)).await;
+        for _ in 0..20 {
+            let mut client = ServerReflectionClient::new(app.grpc_channel().await);
+            let requests = (0..500).map(|_| ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            });
+            let mut responses = client
+                .server_reflection_info(tokio_stream::iter(requests))
+                .await
+                .expect("reflection answers")
+                .into_inner();
+            let first = responses.message().await.expect("a first answer");
+            assert!(first.is_some());
+            // Leave with hundreds of requests still being answered.
+            drop(responses);
+            drop(client);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(REFLECTION_PANICS.load(Ordering::SeqCst), 0);
+        app.stop().await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(REFLECTION_PANICS.load(Ordering::SeqCst), 0);
-    app.stop().await;
 }

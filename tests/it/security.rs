@@ -108,126 +108,132 @@ pub async fn store_vector(app: &TestApp) {
     assert_eq!(app.post(body, &header_refs(&headers)).await.0, 200);
 }
 
-#[tokio::test]
-async fn tls_serves_grpc_and_refuses_plaintext() {
-    let db = TestDb::new().await;
-    let ca = Ca::new("test CA");
-    let dir = temp_dir();
-    let mut config = config(&db);
-    config.tls = Some(write_tls(
-        &dir,
-        &ca.issue(&["localhost", "127.0.0.1"]),
-        None,
-    ));
-    let app = TestApp::spawn(config).await;
-    store_vector(&app).await;
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn tls_serves_grpc_and_refuses_plaintext(backend) {
+        let db = TestDb::on(backend).await;
+        let ca = Ca::new("test CA");
+        let dir = temp_dir();
+        let mut config = config(&db);
+        config.tls = Some(write_tls(
+            &dir,
+            &ca.issue(&["localhost", "127.0.0.1"]),
+            None,
+        ));
+        let app = TestApp::spawn(config).await;
+        store_vector(&app).await;
 
-    let channel = tls_channel(app.grpc, &ca, None)
-        .await
-        .expect("TLS connects");
-    assert_eq!(get(channel).await.unwrap(), PROCESS_ID);
-
-    // A plaintext HTTP/2 client gets no gRPC answer from a TLS listener.
-    let plain = Channel::from_shared(format!("http://{}", app.grpc))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await;
-    if let Ok(plain) = plain {
-        let err = get(plain).await.expect_err("plaintext must not be served");
-        assert_ne!(err.code(), Code::Ok);
-    }
-    // A client that does not trust the server's CA refuses it.
-    let stranger = Ca::new("other CA");
-    match tls_channel(app.grpc, &stranger, None).await {
-        Err(_) => {}
-        Ok(channel) => assert!(get(channel).await.is_err()),
-    }
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn mtls_requires_a_client_certificate_from_the_ca() {
-    let db = TestDb::new().await;
-    let (server_ca, client_ca) = (Ca::new("server CA"), Ca::new("client CA"));
-    let dir = temp_dir();
-    let mut config = config(&db);
-    config.tls = Some(write_tls(
-        &dir,
-        &server_ca.issue(&["localhost"]),
-        Some(&client_ca),
-    ));
-    let app = TestApp::spawn(config).await;
-    store_vector(&app).await;
-
-    let client = client_ca.issue(&["billing"]);
-    let channel = tls_channel(app.grpc, &server_ca, Some(&client))
-        .await
-        .expect("mTLS connects");
-    assert_eq!(get(channel).await.unwrap(), PROCESS_ID);
-
-    for identity in [None, Some(server_ca.issue(&["forged"]))] {
-        let refused = match tls_channel(app.grpc, &server_ca, identity.as_ref()).await {
-            Err(_) => true,
-            Ok(channel) => get(channel).await.is_err(),
-        };
-        assert!(refused, "a client without a certificate from the CA got in");
-    }
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn certificate_is_reloaded_when_its_files_change_and_http_tls_works() {
-    let db = TestDb::new().await;
-    let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
-    let dir = temp_dir();
-    let mut config = config(&db);
-    config.tls = Some(write_tls(&dir, &old_ca.issue(&["localhost"]), None));
-    config.http_tls = true;
-    config.reload_poll = Duration::from_millis(100);
-    let app = TestApp::spawn(config).await;
-
-    // The HTTP listener speaks TLS with the same certificate.
-    let https = |ca: &Ca| {
-        reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
-            .resolve("localhost", app.http)
-            .build()
-            .unwrap()
-    };
-    let url = format!("https://localhost:{}/healthz", app.http.port());
-    let ok = https(&old_ca).get(&url).send().await.unwrap();
-    assert_eq!(ok.status(), 200);
-    assert!(
-        app.client
-            .get(format!("http://{}/healthz", app.http))
-            .send()
+        let channel = tls_channel(app.grpc, &ca, None)
             .await
-            .is_err(),
-        "plaintext HTTP must not be served"
-    );
+            .expect("TLS connects");
+        assert_eq!(get(channel).await.unwrap(), PROCESS_ID);
 
-    // Replace the certificate with one from another CA: new connections get it.
-    write_tls(&dir, &new_ca.issue(&["localhost"]), None);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(channel) = tls_channel(app.grpc, &new_ca, None).await
-            && get(channel).await.map_err(|s| s.code()) == Err(Code::NotFound)
-        {
-            break;
+        // A plaintext HTTP/2 client gets no gRPC answer from a TLS listener.
+        let plain = Channel::from_shared(format!("http://{}", app.grpc))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(2))
+            .connect()
+            .await;
+        if let Ok(plain) = plain {
+            let err = get(plain).await.expect_err("plaintext must not be served");
+            assert_ne!(err.code(), Code::Ok);
         }
-        assert!(
-            Instant::now() < deadline,
-            "the new certificate was not served"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A client that does not trust the server's CA refuses it.
+        let stranger = Ca::new("other CA");
+        match tls_channel(app.grpc, &stranger, None).await {
+            Err(_) => {}
+            Ok(channel) => assert!(get(channel).await.is_err()),
+        }
+        app.stop().await;
     }
-    let reloaded = https(&new_ca).get(&url).send().await.unwrap();
-    assert_eq!(reloaded.status(), 200);
-    app.stop().await;
+}
+
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn mtls_requires_a_client_certificate_from_the_ca(backend) {
+        let db = TestDb::on(backend).await;
+        let (server_ca, client_ca) = (Ca::new("server CA"), Ca::new("client CA"));
+        let dir = temp_dir();
+        let mut config = config(&db);
+        config.tls = Some(write_tls(
+            &dir,
+            &server_ca.issue(&["localhost"]),
+            Some(&client_ca),
+        ));
+        let app = TestApp::spawn(config).await;
+        store_vector(&app).await;
+
+        let client = client_ca.issue(&["billing"]);
+        let channel = tls_channel(app.grpc, &server_ca, Some(&client))
+            .await
+            .expect("mTLS connects");
+        assert_eq!(get(channel).await.unwrap(), PROCESS_ID);
+
+        for identity in [None, Some(server_ca.issue(&["forged"]))] {
+            let refused = match tls_channel(app.grpc, &server_ca, identity.as_ref()).await {
+                Err(_) => true,
+                Ok(channel) => get(channel).await.is_err(),
+            };
+            assert!(refused, "a client without a certificate from the CA got in");
+        }
+        app.stop().await;
+    }
+}
+
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn certificate_is_reloaded_when_its_files_change_and_http_tls_works(backend) {
+        let db = TestDb::on(backend).await;
+        let (old_ca, new_ca) = (Ca::new("old CA"), Ca::new("new CA"));
+        let dir = temp_dir();
+        let mut config = config(&db);
+        config.tls = Some(write_tls(&dir, &old_ca.issue(&["localhost"]), None));
+        config.http_tls = true;
+        config.reload_poll = Duration::from_millis(100);
+        let app = TestApp::spawn(config).await;
+
+        // The HTTP listener speaks TLS with the same certificate.
+        let https = |ca: &Ca| {
+            reqwest::Client::builder()
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(ca.pem().as_bytes()).unwrap())
+                .resolve("localhost", app.http)
+                .build()
+                .unwrap()
+        };
+        let url = format!("https://localhost:{}/healthz", app.http.port());
+        let ok = https(&old_ca).get(&url).send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+        assert!(
+            app.client
+                .get(format!("http://{}/healthz", app.http))
+                .send()
+                .await
+                .is_err(),
+            "plaintext HTTP must not be served"
+        );
+
+        // Replace the certificate with one from another CA: new connections get it.
+        write_tls(&dir, &new_ca.issue(&["localhost"]), None);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(channel) = tls_channel(app.grpc, &new_ca, None).await
+                && get(channel).await.map_err(|s| s.code()) == Err(Code::NotFound)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the new certificate was not served"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let reloaded = https(&new_ca).get(&url).send().await.unwrap();
+        assert_eq!(reloaded.status(), 200);
+        app.stop().await;
+    }
 }
 
 const BILLING: &str = "billing-token-0123456789abcdef";
@@ -277,96 +283,98 @@ async fn raw_status(app: &TestApp, path: &str) -> String {
     status.map_or_else(|| "in trailers".into(), |s| s.to_str().unwrap().to_owned())
 }
 
-#[tokio::test]
-async fn bearer_tokens_authenticate_callers_and_rotate() {
-    let db = TestDb::new().await;
-    let dir = temp_dir();
-    let tokens_file = dir.join("tokens");
-    std::fs::write(
-        &tokens_file,
-        format!("# name token\nbilling {BILLING}\nhr-portal hr-portal-token-abcdefghijkl\n"),
-    )
-    .unwrap();
-    let mut config = config(&db);
-    config.auth = Some(AuthConfig {
-        tokens_file: tokens_file.clone(),
-        open_health: true,
-        open_reflection: false,
-    });
-    config.reload_poll = Duration::from_millis(100);
-    let app = TestApp::spawn(config).await;
-    store_vector(&app).await;
-    let channel = app.grpc_channel().await;
-
-    assert_eq!(call(&channel, None).await, Err(Code::Unauthenticated));
-    assert_eq!(
-        call(&channel, Some("billing-token-0123456789abcdeX")).await,
-        Err(Code::Unauthenticated)
-    );
-    assert_eq!(call(&channel, Some(BILLING)).await.unwrap(), PROCESS_ID);
-
-    // Health is open by configuration; reflection is not.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let serving = health
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await
-        .expect("health needs no token");
-    assert_eq!(serving.into_inner().status, 1);
-    assert_eq!(
-        raw_status(
-            &app,
-            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn bearer_tokens_authenticate_callers_and_rotate(backend) {
+        let db = TestDb::on(backend).await;
+        let dir = temp_dir();
+        let tokens_file = dir.join("tokens");
+        std::fs::write(
+            &tokens_file,
+            format!("# name token\nbilling {BILLING}\nhr-portal hr-portal-token-abcdefghijkl\n"),
         )
-        .await,
-        "16"
-    );
+        .unwrap();
+        let mut config = config(&db);
+        config.auth = Some(AuthConfig {
+            tokens_file: tokens_file.clone(),
+            open_health: true,
+            open_reflection: false,
+        });
+        config.reload_poll = Duration::from_millis(100);
+        let app = TestApp::spawn(config).await;
+        store_vector(&app).await;
+        let channel = app.grpc_channel().await;
 
-    // The caller's name labels its calls; refusals are counted by reason.
-    let scrape = crate::metrics::scrape(&app).await;
-    let billing = [
-        ("method", "/processstate.v1.ProcessService/GetProcess"),
-        ("caller", "billing"),
-        ("code", "0"),
-    ];
-    assert_eq!(
-        crate::metrics::value(&scrape, "process_state_rpc_seconds", &billing),
-        1.0
-    );
-    let missing = [("reason", "missing_bearer_token")];
-    let invalid = [("reason", "invalid_bearer_token")];
-    assert!(
-        crate::metrics::value(&scrape, "process_state_rpc_unauthenticated_total", &missing) >= 1.0
-    );
-    assert_eq!(
-        crate::metrics::value(&scrape, "process_state_rpc_unauthenticated_total", &invalid),
-        1.0
-    );
-
-    // Rotation: the file changes, the old token stops working and the new one starts.
-    std::fs::write(
-        &tokens_file,
-        format!("billing {ROTATED}\nhr-portal hr-portal-token-abcdefghijkl\n"),
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while call(&channel, Some(ROTATED)).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the rotated token was not loaded"
+        assert_eq!(call(&channel, None).await, Err(Code::Unauthenticated));
+        assert_eq!(
+            call(&channel, Some("billing-token-0123456789abcdeX")).await,
+            Err(Code::Unauthenticated)
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        call(&channel, Some(BILLING)).await,
-        Err(Code::Unauthenticated)
-    );
+        assert_eq!(call(&channel, Some(BILLING)).await.unwrap(), PROCESS_ID);
 
-    // A broken file is refused and the tokens in use stay.
-    std::fs::write(&tokens_file, "billing short\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(call(&channel, Some(ROTATED)).await.unwrap(), PROCESS_ID);
-    let scrape = crate::metrics::scrape(&app).await;
-    let failed = [("what", "tokens"), ("outcome", "failed")];
-    assert!(crate::metrics::value(&scrape, "process_state_reloads_total", &failed) >= 1.0);
-    app.stop().await;
+        // Health is open by configuration; reflection is not.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let serving = health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .expect("health needs no token");
+        assert_eq!(serving.into_inner().status, 1);
+        assert_eq!(
+            raw_status(
+                &app,
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+            )
+            .await,
+            "16"
+        );
+
+        // The caller's name labels its calls; refusals are counted by reason.
+        let scrape = crate::metrics::scrape(&app).await;
+        let billing = [
+            ("method", "/processstate.v1.ProcessService/GetProcess"),
+            ("caller", "billing"),
+            ("code", "0"),
+        ];
+        assert_eq!(
+            crate::metrics::value(&scrape, "process_state_rpc_seconds", &billing),
+            1.0
+        );
+        let missing = [("reason", "missing_bearer_token")];
+        let invalid = [("reason", "invalid_bearer_token")];
+        assert!(
+            crate::metrics::value(&scrape, "process_state_rpc_unauthenticated_total", &missing) >= 1.0
+        );
+        assert_eq!(
+            crate::metrics::value(&scrape, "process_state_rpc_unauthenticated_total", &invalid),
+            1.0
+        );
+
+        // Rotation: the file changes, the old token stops working and the new one starts.
+        std::fs::write(
+            &tokens_file,
+            format!("billing {ROTATED}\nhr-portal hr-portal-token-abcdefghijkl\n"),
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while call(&channel, Some(ROTATED)).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the rotated token was not loaded"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            call(&channel, Some(BILLING)).await,
+            Err(Code::Unauthenticated)
+        );
+
+        // A broken file is refused and the tokens in use stay.
+        std::fs::write(&tokens_file, "billing short\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(call(&channel, Some(ROTATED)).await.unwrap(), PROCESS_ID);
+        let scrape = crate::metrics::scrape(&app).await;
+        let failed = [("what", "tokens"), ("outcome", "failed")];
+        assert!(crate::metrics::value(&scrape, "process_state_reloads_total", &failed) >= 1.0);
+        app.stop().await;
+    }
 }

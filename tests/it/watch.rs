@@ -74,10 +74,7 @@ async fn next(stream: &mut Streaming<pb::WatchProcessesResponse>) -> WatchEvent 
 }
 
 async fn current_revision(db: &TestDb) -> i64 {
-    sqlx::query_scalar("select revision from revision_counter")
-        .fetch_one(&db.pool().await)
-        .await
-        .unwrap()
+    db.counts().await.2
 }
 
 /// Reads until a message at `revision` or later arrived; returns all messages read.
@@ -144,7 +141,9 @@ impl Fold {
 
 #[tokio::test]
 async fn a_watcher_on_another_replica_sees_every_change_once_in_order() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let a = TestApp::spawn(config(&db)).await;
     let b = TestApp::spawn(config(&db)).await;
     let (per_process, ids) = scenario(7, 12);
@@ -220,13 +219,7 @@ async fn a_watcher_on_another_replica_sees_every_change_once_in_order() {
     }
 
     // The single-process watcher saw exactly that process's revisions.
-    let want: Vec<i64> = sqlx::query_scalar(
-        "select distinct revision from changes where process_id = $1 order by 1",
-    )
-    .bind(&ids[5])
-    .fetch_all(&db.pool().await)
-    .await
-    .unwrap();
+    let want = db.revisions_of(&ids[5]).await;
     let mut got = Vec::new();
     while got.last() != want.last() {
         let e = tokio::time::timeout(WAIT, one.message())
@@ -248,7 +241,9 @@ async fn a_watcher_on_another_replica_sees_every_change_once_in_order() {
 
 #[tokio::test]
 async fn resume_after_disconnect_and_after_restart_gives_the_full_sequence() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let a = TestApp::spawn(config(&db)).await;
     let b = TestApp::spawn(config(&db)).await;
     let (per_process, _) = scenario(11, 6);
@@ -283,7 +278,9 @@ async fn resume_after_disconnect_and_after_restart_gives_the_full_sequence() {
 
 #[tokio::test]
 async fn killing_the_listen_connection_loses_nothing() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let mut cfg = config(&db);
     // Only the doorbell can deliver promptly: a lost LISTEN that never came back would
     // stall the test for a minute and fail it.
@@ -326,42 +323,46 @@ async fn killing_the_listen_connection_loses_nothing() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn a_stalled_client_neither_blocks_others_nor_loses_changes() {
-    let db = TestDb::new().await;
-    let mut cfg = config(&db);
-    cfg.feed_capacity = 8; // a tiny ring: the stalled stream must lag and catch up from the log
-    let app = TestApp::spawn(cfg).await;
-    let mut stalled = watch_all(&mut app.api().await, None).await;
-    assert!(matches!(
-        next(&mut stalled).await.kind,
-        Some(Kind::SnapshotEnd(_))
-    ));
-    let mut healthy = watch_all(&mut app.api().await, None).await;
-    assert!(matches!(
-        next(&mut healthy).await.kind,
-        Some(Kind::SnapshotEnd(_))
-    ));
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn a_stalled_client_neither_blocks_others_nor_loses_changes(backend) {
+        let db = TestDb::on(backend).await;
+        let mut cfg = config(&db);
+        cfg.feed_capacity = 8; // a tiny ring: the stalled stream must lag and catch up from the log
+        let app = TestApp::spawn(cfg).await;
+        let mut stalled = watch_all(&mut app.api().await, None).await;
+        assert!(matches!(
+            next(&mut stalled).await.kind,
+            Some(Kind::SnapshotEnd(_))
+        ));
+        let mut healthy = watch_all(&mut app.api().await, None).await;
+        assert!(matches!(
+            next(&mut healthy).await.kind,
+            Some(Kind::SnapshotEnd(_))
+        ));
 
-    let (per_process, _) = scenario(5, 15);
-    deliver_all(&app, &per_process).await;
-    let last = current_revision(&db).await;
-    // The healthy watcher gets everything while the stalled one reads nothing.
-    let got = change_revisions(
-        &tokio::time::timeout(WAIT, read_until(&mut healthy, last))
-            .await
-            .unwrap(),
-    );
-    assert_eq!(got, (1..=last).collect::<Vec<_>>());
-    // The stalled one, reading at last, gets everything too, in order.
-    let got = change_revisions(&read_until(&mut stalled, last).await);
-    assert_eq!(got, (1..=last).collect::<Vec<_>>());
-    app.stop().await;
+        let (per_process, _) = scenario(5, 15);
+        deliver_all(&app, &per_process).await;
+        let last = current_revision(&db).await;
+        // The healthy watcher gets everything while the stalled one reads nothing.
+        let got = change_revisions(
+            &tokio::time::timeout(WAIT, read_until(&mut healthy, last))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(got, (1..=last).collect::<Vec<_>>());
+        // The stalled one, reading at last, gets everything too, in order.
+        let got = change_revisions(&read_until(&mut stalled, last).await);
+        assert_eq!(got, (1..=last).collect::<Vec<_>>());
+        app.stop().await;
+    }
 }
 
 #[tokio::test]
 async fn compacted_start_revisions_get_a_reset_or_out_of_range() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let mut cfg = config(&db);
     cfg.retention.max_revisions = Some(5);
     cfg.prune_interval = Duration::from_millis(100);
@@ -436,70 +437,72 @@ async fn compacted_start_revisions_get_a_reset_or_out_of_range() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn heartbeats_limits_and_shutdown() {
-    let db = TestDb::new().await;
-    let mut cfg = config(&db);
-    cfg.watch.heartbeat = Duration::from_millis(200);
-    cfg.watch.max_watchers = 2;
-    let app = TestApp::spawn(cfg).await;
-    let (per_process, _) = scenario(1, 1);
-    deliver_all(&app, &per_process).await;
-    let last = current_revision(&db).await;
-    let mut api = app.api().await;
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn heartbeats_limits_and_shutdown(backend) {
+        let db = TestDb::on(backend).await;
+        let mut cfg = config(&db);
+        cfg.watch.heartbeat = Duration::from_millis(200);
+        cfg.watch.max_watchers = 2;
+        let app = TestApp::spawn(cfg).await;
+        let (per_process, _) = scenario(1, 1);
+        deliver_all(&app, &per_process).await;
+        let last = current_revision(&db).await;
+        let mut api = app.api().await;
 
-    let mut first = watch_all(&mut api, Some(last)).await;
-    let beat = next(&mut first).await;
-    assert_eq!(
-        (beat.kind, beat.revision),
-        (Some(Kind::Heartbeat(pb::Heartbeat {})), last),
-        "idle streams get heartbeats at the latest revision"
-    );
+        let mut first = watch_all(&mut api, Some(last)).await;
+        let beat = next(&mut first).await;
+        assert_eq!(
+            (beat.kind, beat.revision),
+            (Some(Kind::Heartbeat(pb::Heartbeat {})), last),
+            "idle streams get heartbeats at the latest revision"
+        );
 
-    let second = api
-        .watch_process(WatchProcessRequest {
-            process_id: "1".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let status = api
-        .watch_processes(WatchProcessesRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::ResourceExhausted);
-    drop(second);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let _third = api
-        .watch_processes(WatchProcessesRequest::default())
-        .await
-        .unwrap();
+        let second = api
+            .watch_process(WatchProcessRequest {
+                process_id: "1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let status = api
+            .watch_processes(WatchProcessesRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        drop(second);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _third = api
+            .watch_processes(WatchProcessesRequest::default())
+            .await
+            .unwrap();
 
-    let status = api
-        .watch_process(WatchProcessRequest {
-            process_id: "not valid!".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
+        let status = api
+            .watch_process(WatchProcessRequest {
+                process_id: "not valid!".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
 
-    // Shutdown: a last heartbeat, then UNAVAILABLE; the server does not hang on the stream.
-    let stopping = tokio::spawn(app.stop());
-    let mut last_message = None;
-    let status = loop {
-        match tokio::time::timeout(WAIT, first.message()).await.unwrap() {
-            Ok(Some(m)) => last_message = m.event,
-            Ok(None) => panic!("stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(matches!(
-        last_message.unwrap().kind,
-        Some(Kind::Heartbeat(_))
-    ));
-    tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
+        // Shutdown: a last heartbeat, then UNAVAILABLE; the server does not hang on the stream.
+        let stopping = tokio::spawn(app.stop());
+        let mut last_message = None;
+        let status = loop {
+            match tokio::time::timeout(WAIT, first.message()).await.unwrap() {
+                Ok(Some(m)) => last_message = m.event,
+                Ok(None) => panic!("stream ended without a status"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(matches!(
+            last_message.unwrap().kind,
+            Some(Kind::Heartbeat(_))
+        ));
+        tokio::time::timeout(WAIT, stopping).await.unwrap().unwrap();
+    }
 }
 
 /// Processes with large fields, so one snapshot cannot fit in the buffers between the reader
@@ -532,31 +535,33 @@ async fn small_window_client(app: &TestApp) -> ProcessServiceClient<Channel> {
     ProcessServiceClient::new(channel)
 }
 
-#[tokio::test]
-async fn a_snapshot_the_client_does_not_read_is_cut_at_its_deadline() {
-    let db = TestDb::new().await;
-    let mut cfg = config(&db);
-    cfg.watch.snapshot_deadline = Duration::from_millis(500);
-    let app = TestApp::spawn(cfg).await;
-    store_big_processes(&app).await;
-    let mut api = small_window_client(&app).await;
-    let mut stream = watch_all(&mut api, None).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    // The service still stores events while the stalled snapshot is (or was) open.
-    let (more, _) = scenario(2, 1);
-    deliver_all(&app, &more).await;
-    let status = loop {
-        match tokio::time::timeout(WAIT, stream.message()).await.unwrap() {
-            Ok(Some(m)) => assert!(
-                matches!(m.event.unwrap().kind, Some(Kind::Snapshot(_))),
-                "no snapshot_end for a cut snapshot"
-            ),
-            Ok(None) => panic!("stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
-    assert_eq!(status.code(), Code::Aborted, "{status:?}");
-    app.stop().await;
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn a_snapshot_the_client_does_not_read_is_cut_at_its_deadline(backend) {
+        let db = TestDb::on(backend).await;
+        let mut cfg = config(&db);
+        cfg.watch.snapshot_deadline = Duration::from_millis(500);
+        let app = TestApp::spawn(cfg).await;
+        store_big_processes(&app).await;
+        let mut api = small_window_client(&app).await;
+        let mut stream = watch_all(&mut api, None).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // The service still stores events while the stalled snapshot is (or was) open.
+        let (more, _) = scenario(2, 1);
+        deliver_all(&app, &more).await;
+        let status = loop {
+            match tokio::time::timeout(WAIT, stream.message()).await.unwrap() {
+                Ok(Some(m)) => assert!(
+                    matches!(m.event.unwrap().kind, Some(Kind::Snapshot(_))),
+                    "no snapshot_end for a cut snapshot"
+                ),
+                Ok(None) => panic!("stream ended without a status"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(status.code(), Code::Aborted, "{status:?}");
+        app.stop().await;
+    }
 }
 
 /// Clients that open a snapshot and never read it hold no slot, connection or transaction:
@@ -564,7 +569,9 @@ async fn a_snapshot_the_client_does_not_read_is_cut_at_its_deadline() {
 /// and no database connection sits idle in a transaction.
 #[tokio::test]
 async fn stalled_snapshot_readers_do_not_hold_up_others() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let app = TestApp::spawn(config(&db)).await;
     store_big_processes(&app).await;
     let mut stalled = Vec::new();
@@ -605,73 +612,75 @@ async fn stalled_snapshot_readers_do_not_hold_up_others() {
     app.stop().await;
 }
 
-/// A snapshot's pages are read at different revisions; what changed between the first page
-/// and the last is replayed before `snapshot_end`, so a client that folds the stream ends with
-/// exactly what GetProcess says, for processes changed on pages already sent and on pages
-/// still to come.
-#[tokio::test]
-async fn a_paged_snapshot_with_writes_between_pages_folds_to_the_truth() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(config(&db)).await;
-    store_big_processes(&app).await;
-    let mut api = small_window_client(&app).await;
-    let mut stream = watch_all(&mut api, None).await;
-    let mut fold = Fold::default();
-    let mut seen = Vec::new();
-    for _ in 0..10 {
-        let e = next(&mut stream).await;
-        fold.apply(&e);
-        seen.push(e);
-    }
-    // The first page is out; change processes on it and on the last page.
-    let changed: Vec<Vec<Value>> = (0..20)
-        .chain(380..400)
-        .map(|n| {
-            vec![serde_json::json!({
-                "schema": "2.0",
-                "header": {"event_id": format!("between-{n}"), "event_type": "corehr.process.status.update_v2",
-                           "create_time": "2", "token": VERIFICATION_TOKEN, "tenant_key": "t", "app_id": "cli_a1b2c3d4e5f60718"},
-                "event": {"process_id": format!("{}", 7_000_000 + n), "status": 9},
-            })]
-        })
-        .collect();
-    deliver_all(&app, &changed).await;
-    loop {
-        let e = next(&mut stream).await;
-        fold.apply(&e);
-        let end = matches!(e.kind, Some(Kind::SnapshotEnd(_)));
-        seen.push(e);
-        if end {
-            break;
-        }
-    }
-    let replayed = seen
-        .iter()
-        .filter(|e| matches!(e.kind, Some(Kind::Change(_))))
-        .count();
-    println!("replayed before snapshot_end: {replayed}");
-    let last = current_revision(&db).await;
-    if seen.last().unwrap().revision < last {
-        for e in read_until(&mut stream, last).await {
+crate::on_both_stores! {
+    /// A snapshot's pages are read at different revisions; what changed between the first page
+    /// and the last is replayed before `snapshot_end`, so a client that folds the stream ends with
+    /// exactly what GetProcess says, for processes changed on pages already sent and on pages
+    /// still to come.
+    #[tokio::test]
+    async fn a_paged_snapshot_with_writes_between_pages_folds_to_the_truth(backend) {
+        let db = TestDb::on(backend).await;
+        let app = TestApp::spawn(config(&db)).await;
+        store_big_processes(&app).await;
+        let mut api = small_window_client(&app).await;
+        let mut stream = watch_all(&mut api, None).await;
+        let mut fold = Fold::default();
+        let mut seen = Vec::new();
+        for _ in 0..10 {
+            let e = next(&mut stream).await;
             fold.apply(&e);
+            seen.push(e);
         }
-    }
-    let mut reader = app.api().await;
-    for n in 0..400 {
-        let id = format!("{}", 7_000_000 + n);
-        let truth = reader
-            .get_process(GetProcessRequest {
-                process_id: id.clone(),
-                ..Default::default()
+        // The first page is out; change processes on it and on the last page.
+        let changed: Vec<Vec<Value>> = (0..20)
+            .chain(380..400)
+            .map(|n| {
+                vec![serde_json::json!({
+                    "schema": "2.0",
+                    "header": {"event_id": format!("between-{n}"), "event_type": "corehr.process.status.update_v2",
+                               "create_time": "2", "token": VERIFICATION_TOKEN, "tenant_key": "t", "app_id": "cli_a1b2c3d4e5f60718"},
+                    "event": {"process_id": format!("{}", 7_000_000 + n), "status": 9},
+                })]
             })
-            .await
-            .unwrap()
-            .into_inner()
-            .process
-            .unwrap();
-        assert_eq!(fold.0.get(&id), Some(&truth), "process {id}");
+            .collect();
+        deliver_all(&app, &changed).await;
+        loop {
+            let e = next(&mut stream).await;
+            fold.apply(&e);
+            let end = matches!(e.kind, Some(Kind::SnapshotEnd(_)));
+            seen.push(e);
+            if end {
+                break;
+            }
+        }
+        let replayed = seen
+            .iter()
+            .filter(|e| matches!(e.kind, Some(Kind::Change(_))))
+            .count();
+        println!("replayed before snapshot_end: {replayed}");
+        let last = current_revision(&db).await;
+        if seen.last().unwrap().revision < last {
+            for e in read_until(&mut stream, last).await {
+                fold.apply(&e);
+            }
+        }
+        let mut reader = app.api().await;
+        for n in 0..400 {
+            let id = format!("{}", 7_000_000 + n);
+            let truth = reader
+                .get_process(GetProcessRequest {
+                    process_id: id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .process
+                .unwrap();
+            assert_eq!(fold.0.get(&id), Some(&truth), "process {id}");
+        }
+        app.stop().await;
     }
-    app.stop().await;
 }
 
 /// Every process's state as GetProcess answers it.
@@ -692,90 +701,94 @@ async fn truth(app: &TestApp, ids: &[String]) -> BTreeMap<String, pb::Process> {
     all
 }
 
-/// A client cut off after its k-th message, for k inside and after a multi-page snapshot,
-/// follows the documented rule (resume from the last message whose revision is not 0, else
-/// start again) while events keep arriving, and ends with exactly what GetProcess says.
-#[tokio::test]
-async fn resuming_after_any_message_of_a_snapshot_loses_nothing() {
-    let db = TestDb::new().await;
-    let mut cfg = config(&db);
-    cfg.watch.heartbeat = Duration::from_millis(200);
-    let app = TestApp::spawn(cfg).await;
-    let started = std::time::Instant::now();
-    let (per_process, mut ids) = scenario(11, 260);
-    deliver_all(&app, &per_process).await;
-    println!("delivered in {:?}", started.elapsed());
-    for (more_seed, k) in (100..).zip([1, 5, 199, 200, 201, 260, 261, 262, 300]) {
-        let mut api = app.api().await;
-        let mut fold = Fold::default();
-        let mut resume = None;
-        let mut stream = watch_all(&mut api, None).await;
-        for _ in 0..k {
-            let e = next(&mut stream).await;
-            fold.apply(&e);
-            match e.kind {
-                Some(Kind::Reset(_)) => resume = None,
-                _ if e.revision != 0 => resume = Some(e.revision),
-                _ => {}
+crate::on_both_stores! {
+    /// A client cut off after its k-th message, for k inside and after a multi-page snapshot,
+    /// follows the documented rule (resume from the last message whose revision is not 0, else
+    /// start again) while events keep arriving, and ends with exactly what GetProcess says.
+    #[tokio::test]
+    async fn resuming_after_any_message_of_a_snapshot_loses_nothing(backend) {
+        let db = TestDb::on(backend).await;
+        let mut cfg = config(&db);
+        cfg.watch.heartbeat = Duration::from_millis(200);
+        let app = TestApp::spawn(cfg).await;
+        let started = std::time::Instant::now();
+        let (per_process, mut ids) = scenario(11, 260);
+        deliver_all(&app, &per_process).await;
+        println!("delivered in {:?}", started.elapsed());
+        for (more_seed, k) in (100..).zip([1, 5, 199, 200, 201, 260, 261, 262, 300]) {
+            let mut api = app.api().await;
+            let mut fold = Fold::default();
+            let mut resume = None;
+            let mut stream = watch_all(&mut api, None).await;
+            for _ in 0..k {
+                let e = next(&mut stream).await;
+                fold.apply(&e);
+                match e.kind {
+                    Some(Kind::Reset(_)) => resume = None,
+                    _ if e.revision != 0 => resume = Some(e.revision),
+                    _ => {}
+                }
             }
-        }
-        drop(stream);
-        // Events arrive while the client is away.
-        let (more, more_ids) = scenario(more_seed, 3);
-        deliver_all(&app, &more).await;
-        ids.extend(more_ids);
-        if resume.is_none() {
-            fold.0.clear();
-        }
-        let mut stream = watch_all(&mut api, resume).await;
-        let last = current_revision(&db).await;
-        loop {
-            let e = next(&mut stream).await;
-            fold.apply(&e);
-            if e.revision >= last && !matches!(e.kind, Some(Kind::Snapshot(_))) {
-                break;
+            drop(stream);
+            // Events arrive while the client is away.
+            let (more, more_ids) = scenario(more_seed, 3);
+            deliver_all(&app, &more).await;
+            ids.extend(more_ids);
+            if resume.is_none() {
+                fold.0.clear();
             }
+            let mut stream = watch_all(&mut api, resume).await;
+            let last = current_revision(&db).await;
+            loop {
+                let e = next(&mut stream).await;
+                fold.apply(&e);
+                if e.revision >= last && !matches!(e.kind, Some(Kind::Snapshot(_))) {
+                    break;
+                }
+            }
+            assert_eq!(fold.0, truth(&app, &ids).await, "cut after message {k}");
         }
-        assert_eq!(fold.0, truth(&app, &ids).await, "cut after message {k}");
+        app.stop().await;
     }
-    app.stop().await;
 }
 
-/// With a status filter, a process that enters the scope arrives whole: the fold of a
-/// COMPLETED-only stream equals GetProcess for every process that is COMPLETED at the end.
-#[tokio::test]
-async fn a_process_entering_a_filtered_watch_arrives_with_its_children() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(config(&db)).await;
-    let mut api = app.api().await;
-    let mut stream = api
-        .watch_processes(WatchProcessesRequest {
-            statuses: vec![pb::ProcessStatus::Completed as i32],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut fold = Fold::default();
-    fold.apply(&next(&mut stream).await); // the empty snapshot's end
-    let (per_process, ids) = scenario(21, 20);
-    deliver_all(&app, &per_process).await;
-    let last = current_revision(&db).await;
-    for e in read_until(&mut stream, last).await {
-        fold.apply(&e);
+crate::on_both_stores! {
+    /// With a status filter, a process that enters the scope arrives whole: the fold of a
+    /// COMPLETED-only stream equals GetProcess for every process that is COMPLETED at the end.
+    #[tokio::test]
+    async fn a_process_entering_a_filtered_watch_arrives_with_its_children(backend) {
+        let db = TestDb::on(backend).await;
+        let app = TestApp::spawn(config(&db)).await;
+        let mut api = app.api().await;
+        let mut stream = api
+            .watch_processes(WatchProcessesRequest {
+                statuses: vec![pb::ProcessStatus::Completed as i32],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut fold = Fold::default();
+        fold.apply(&next(&mut stream).await); // the empty snapshot's end
+        let (per_process, ids) = scenario(21, 20);
+        deliver_all(&app, &per_process).await;
+        let last = current_revision(&db).await;
+        for e in read_until(&mut stream, last).await {
+            fold.apply(&e);
+        }
+        let completed: BTreeMap<_, _> = truth(&app, &ids)
+            .await
+            .into_iter()
+            .filter(|(_, p)| p.status == pb::ProcessStatus::Completed as i32)
+            .collect();
+        assert!(
+            completed.len() >= 3,
+            "the scenario completes some processes"
+        );
+        for (id, process) in &completed {
+            assert!(!process.tasks.is_empty(), "{id} has tasks");
+            assert_eq!(fold.0.get(id), Some(process), "process {id}");
+        }
+        app.stop().await;
     }
-    let completed: BTreeMap<_, _> = truth(&app, &ids)
-        .await
-        .into_iter()
-        .filter(|(_, p)| p.status == pb::ProcessStatus::Completed as i32)
-        .collect();
-    assert!(
-        completed.len() >= 3,
-        "the scenario completes some processes"
-    );
-    for (id, process) in &completed {
-        assert!(!process.tasks.is_empty(), "{id} has tasks");
-        assert_eq!(fold.0.get(id), Some(process), "process {id}");
-    }
-    app.stop().await;
 }

@@ -35,243 +35,251 @@ fn encrypted(plain: &str) -> String {
     json!({ "encrypt": key().encrypt(plain.as_bytes(), [9; 16]) }).to_string()
 }
 
-#[tokio::test]
-async fn official_vectors_give_the_expected_answers_and_state() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(config(&db)).await;
-    let v = vectors();
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn official_vectors_give_the_expected_answers_and_state(backend) {
+        let db = TestDb::on(backend).await;
+        let app = TestApp::spawn(config(&db)).await;
+        let v = vectors();
 
-    let (body, headers) = signed_vector();
-    let (status, response_headers, body) = app.post(body, &header_refs(&headers)).await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap(),
-        json!({"msg": "success"})
-    );
-    assert_eq!(
-        response_headers["content-type"],
-        "application/json; charset=utf-8"
-    );
-
-    let challenge = &v["webhook"]["encrypted_challenge"];
-    let (status, _, body) = app
-        .post(challenge["body"].as_str().unwrap().to_owned(), &[])
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap(),
-        challenge["expected_body"]
-    );
-
-    let response = app
-        .api()
-        .await
-        .get_process(GetProcessRequest {
-            process_id: "7384728360900888108".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let process = response.process.unwrap();
-    assert_eq!(process.status(), ProcessStatus::Completed);
-    assert_eq!(process.biz_type, "corehr_probation_default_flow");
-    assert_eq!(process.tenant_key, "2ca1d211f64f6438");
-    assert_eq!(process.event_time.unwrap().seconds, 1_719_391_068);
-    assert_eq!(process.revision, 1);
-    assert_eq!(response.revision, 1);
-    app.stop().await;
-}
-
-#[tokio::test]
-async fn plain_challenge_without_encrypt_key() {
-    let db = TestDb::new().await;
-    let mut cfg = config(&db);
-    cfg.encrypt_key = None;
-    let app = TestApp::spawn(cfg).await;
-    let plain = vectors()["webhook"]["encrypted_challenge"]["plaintext"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (status, _, body) = app.post(plain, &[]).await;
-    assert_eq!(
-        (status, body.as_str()),
-        (200, r#"{"challenge":"ajls384kdjx98XX"}"#)
-    );
-    let wrong = r#"{"challenge":"x","token":"wrong","type":"url_verification"}"#;
-    assert_eq!(app.post(wrong, &[]).await.0, 401);
-    app.stop().await;
-}
-
-/// Every bad input under an Encrypt Key: its status, and nothing stored.
-#[tokio::test]
-async fn bad_inputs_with_encrypt_key_are_rejected_and_store_nothing() {
-    let db = TestDb::new().await;
-    let mut cfg = config(&db);
-    cfg.body_limit = 4096;
-    let app = TestApp::spawn(cfg).await;
-    let pool = db.pool().await;
-    let before = counts(&pool).await;
-
-    let event = vectors()["webhook"]["signed_event"]["plaintext"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let wrong_token = event.replace(VERIFICATION_TOKEN, "not-the-token");
-    let no_token = event.replace(&format!(r#""token":"{VERIFICATION_TOKEN}","#), "");
-    let other_key = json!({ "encrypt": EncryptKey::new(SecretString::from("other")).encrypt(event.as_bytes(), [1; 16]) }).to_string();
-    let not_json_inside = encrypted("this is not json");
-    let not_feishu_inside = encrypted(r#"{"hello":"world"}"#);
-    let short = json!({ "encrypt": "AAECAwQFBgcICQoLDA0ODw==" }).to_string();
-    let not_base64 = json!({ "encrypt": "%%%not base64%%%" }).to_string();
-    let too_big = json!({ "encrypt": "A".repeat(5000) }).to_string();
-
-    // (name, body, signed?, expected status, expected message fragment)
-    let cases: Vec<(&str, String, bool, u16, &str)> = vec![
-        ("wrong signature", encrypted(&event), false, 401, ""),
-        (
-            "malformed JSON",
-            "{not json".into(),
-            true,
-            400,
-            "not valid JSON",
-        ),
-        (
-            "plaintext event under an Encrypt Key",
-            event.clone(),
-            true,
-            400,
-            "plaintext body refused",
-        ),
-        ("bad base64", not_base64, true, 400, "base64"),
-        ("bad length", short, true, 400, "AES blocks"),
-        ("bad padding", other_key, true, 400, "padding"),
-        (
-            "decrypted body not JSON",
-            not_json_inside,
-            true,
-            400,
-            "decrypted body",
-        ),
-        (
-            "decrypted body not a Feishu payload",
-            not_feishu_inside,
-            true,
-            400,
-            "neither",
-        ),
-        (
-            "wrong verification token",
-            encrypted(&wrong_token),
-            true,
-            401,
-            "verification token",
-        ),
-        (
-            "missing verification token",
-            encrypted(&no_token),
-            true,
-            401,
-            "verification token",
-        ),
-        (
-            "unsigned event",
-            encrypted(&event),
-            false,
-            401,
-            "not signed",
-        ),
-        ("over the body limit", too_big, true, 413, "limit"),
-    ];
-    for (name, body, sign, want_status, want_msg) in cases {
-        let headers = if name == "wrong signature" {
-            let mut h = signed(&body);
-            h[2].1 = "0".repeat(64);
-            h
-        } else if sign {
-            signed(&body)
-        } else {
-            Vec::new()
-        };
-        let (status, response_headers, text) = app.post(body, &refs(&headers)).await;
-        assert_eq!(status, want_status, "{name}: {text}");
+        let (body, headers) = signed_vector();
+        let (status, response_headers, body) = app.post(body, &header_refs(&headers)).await;
+        assert_eq!(status, 200);
         assert_eq!(
-            response_headers["content-type"], "application/json; charset=utf-8",
-            "{name}"
+            serde_json::from_str::<Value>(&body).unwrap(),
+            json!({"msg": "success"})
         );
-        let msg = serde_json::from_str::<Value>(&text).unwrap()["msg"]
+        assert_eq!(
+            response_headers["content-type"],
+            "application/json; charset=utf-8"
+        );
+
+        let challenge = &v["webhook"]["encrypted_challenge"];
+        let (status, _, body) = app
+            .post(challenge["body"].as_str().unwrap().to_owned(), &[])
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            challenge["expected_body"]
+        );
+
+        let response = app
+            .api()
+            .await
+            .get_process(GetProcessRequest {
+                process_id: "7384728360900888108".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let process = response.process.unwrap();
+        assert_eq!(process.status(), ProcessStatus::Completed);
+        assert_eq!(process.biz_type, "corehr_probation_default_flow");
+        assert_eq!(process.tenant_key, "2ca1d211f64f6438");
+        assert_eq!(process.event_time.unwrap().seconds, 1_719_391_068);
+        assert_eq!(process.revision, 1);
+        assert_eq!(response.revision, 1);
+        app.stop().await;
+    }
+}
+
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn plain_challenge_without_encrypt_key(backend) {
+        let db = TestDb::on(backend).await;
+        let mut cfg = config(&db);
+        cfg.encrypt_key = None;
+        let app = TestApp::spawn(cfg).await;
+        let plain = vectors()["webhook"]["encrypted_challenge"]["plaintext"]
             .as_str()
             .unwrap()
             .to_owned();
-        assert!(msg.contains(want_msg), "{name}: {msg}");
-        assert!(
-            !msg.contains(ENCRYPT_KEY) && !msg.contains(VERIFICATION_TOKEN),
-            "{name} leaks a secret"
+        let (status, _, body) = app.post(plain, &[]).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, r#"{"challenge":"ajls384kdjx98XX"}"#)
         );
-        assert_eq!(counts(&pool).await, before, "{name} stored something");
+        let wrong = r#"{"challenge":"x","token":"wrong","type":"url_verification"}"#;
+        assert_eq!(app.post(wrong, &[]).await.0, 401);
+        app.stop().await;
     }
-    app.stop().await;
 }
 
-/// Invariant 9: an unsigned encrypted body gets one identical rejection whatever is wrong
-/// with it, so decryption errors cannot be told apart (no padding oracle).
-#[tokio::test]
-async fn unsigned_rejections_are_indistinguishable() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(config(&db)).await;
-    let event = vectors()["webhook"]["signed_event"]["plaintext"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let bodies = [
-        json!({ "encrypt": "%%%" }).to_string(),
-        json!({ "encrypt": "AAECAwQFBgcICQoLDA0ODw==" }).to_string(),
-        json!({ "encrypt": EncryptKey::new(SecretString::from("other")).encrypt(b"{}", [1; 16]) })
-            .to_string(),
-        encrypted("not json"),
-        encrypted(&event),
-        encrypted(r#"{"challenge":"c","token":"wrong","type":"url_verification"}"#),
-        event.clone(),
-        "garbage".into(),
-    ];
-    let mut answers = Vec::new();
-    for body in bodies {
-        let (status, mut headers, text) = app.post(body, &[]).await;
-        headers.remove("date");
-        answers.push((status, format!("{headers:?}"), text));
+crate::on_both_stores! {
+    /// Every bad input under an Encrypt Key: its status, and nothing stored.
+    #[tokio::test]
+    async fn bad_inputs_with_encrypt_key_are_rejected_and_store_nothing(backend) {
+        let db = TestDb::on(backend).await;
+        let mut cfg = config(&db);
+        cfg.body_limit = 4096;
+        let app = TestApp::spawn(cfg).await;
+        let before = counts(&db).await;
+
+        let event = vectors()["webhook"]["signed_event"]["plaintext"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let wrong_token = event.replace(VERIFICATION_TOKEN, "not-the-token");
+        let no_token = event.replace(&format!(r#""token":"{VERIFICATION_TOKEN}","#), "");
+        let other_key = json!({ "encrypt": EncryptKey::new(SecretString::from("other")).encrypt(event.as_bytes(), [1; 16]) }).to_string();
+        let not_json_inside = encrypted("this is not json");
+        let not_feishu_inside = encrypted(r#"{"hello":"world"}"#);
+        let short = json!({ "encrypt": "AAECAwQFBgcICQoLDA0ODw==" }).to_string();
+        let not_base64 = json!({ "encrypt": "%%%not base64%%%" }).to_string();
+        let too_big = json!({ "encrypt": "A".repeat(5000) }).to_string();
+
+        // (name, body, signed?, expected status, expected message fragment)
+        let cases: Vec<(&str, String, bool, u16, &str)> = vec![
+            ("wrong signature", encrypted(&event), false, 401, ""),
+            (
+                "malformed JSON",
+                "{not json".into(),
+                true,
+                400,
+                "not valid JSON",
+            ),
+            (
+                "plaintext event under an Encrypt Key",
+                event.clone(),
+                true,
+                400,
+                "plaintext body refused",
+            ),
+            ("bad base64", not_base64, true, 400, "base64"),
+            ("bad length", short, true, 400, "AES blocks"),
+            ("bad padding", other_key, true, 400, "padding"),
+            (
+                "decrypted body not JSON",
+                not_json_inside,
+                true,
+                400,
+                "decrypted body",
+            ),
+            (
+                "decrypted body not a Feishu payload",
+                not_feishu_inside,
+                true,
+                400,
+                "neither",
+            ),
+            (
+                "wrong verification token",
+                encrypted(&wrong_token),
+                true,
+                401,
+                "verification token",
+            ),
+            (
+                "missing verification token",
+                encrypted(&no_token),
+                true,
+                401,
+                "verification token",
+            ),
+            (
+                "unsigned event",
+                encrypted(&event),
+                false,
+                401,
+                "not signed",
+            ),
+            ("over the body limit", too_big, true, 413, "limit"),
+        ];
+        for (name, body, sign, want_status, want_msg) in cases {
+            let headers = if name == "wrong signature" {
+                let mut h = signed(&body);
+                h[2].1 = "0".repeat(64);
+                h
+            } else if sign {
+                signed(&body)
+            } else {
+                Vec::new()
+            };
+            let (status, response_headers, text) = app.post(body, &refs(&headers)).await;
+            assert_eq!(status, want_status, "{name}: {text}");
+            assert_eq!(
+                response_headers["content-type"], "application/json; charset=utf-8",
+                "{name}"
+            );
+            let msg = serde_json::from_str::<Value>(&text).unwrap()["msg"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(msg.contains(want_msg), "{name}: {msg}");
+            assert!(
+                !msg.contains(ENCRYPT_KEY) && !msg.contains(VERIFICATION_TOKEN),
+                "{name} leaks a secret"
+            );
+            assert_eq!(counts(&db).await, before, "{name} stored something");
+        }
+        app.stop().await;
     }
-    assert_eq!(answers[0].0, 401);
-    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:#?}");
-    app.stop().await;
 }
 
-#[tokio::test]
-async fn bad_inputs_without_encrypt_key() {
-    let db = TestDb::new().await;
-    let mut cfg = config(&db);
-    cfg.encrypt_key = None;
-    let app = TestApp::spawn(cfg).await;
-    let pool = db.pool().await;
-    let before = counts(&pool).await;
-    let event = vectors()["webhook"]["signed_event"]["plaintext"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let cases = [
-        ("{oops".to_owned(), 400),
-        ("[1,2]".to_owned(), 400),
-        (event.replace(VERIFICATION_TOKEN, "nope"), 401),
-        (encrypted(&event), 400),
-    ];
-    for (body, want) in cases {
-        let (status, _, text) = app.post(body.clone(), &[]).await;
-        assert_eq!(status, want, "{body}: {text}");
-        assert_eq!(counts(&pool).await, before);
+crate::on_both_stores! {
+    /// Invariant 9: an unsigned encrypted body gets one identical rejection whatever is wrong
+    /// with it, so decryption errors cannot be told apart (no padding oracle).
+    #[tokio::test]
+    async fn unsigned_rejections_are_indistinguishable(backend) {
+        let db = TestDb::on(backend).await;
+        let app = TestApp::spawn(config(&db)).await;
+        let event = vectors()["webhook"]["signed_event"]["plaintext"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let bodies = [
+            json!({ "encrypt": "%%%" }).to_string(),
+            json!({ "encrypt": "AAECAwQFBgcICQoLDA0ODw==" }).to_string(),
+            json!({ "encrypt": EncryptKey::new(SecretString::from("other")).encrypt(b"{}", [1; 16]) })
+                .to_string(),
+            encrypted("not json"),
+            encrypted(&event),
+            encrypted(r#"{"challenge":"c","token":"wrong","type":"url_verification"}"#),
+            event.clone(),
+            "garbage".into(),
+        ];
+        let mut answers = Vec::new();
+        for body in bodies {
+            let (status, mut headers, text) = app.post(body, &[]).await;
+            headers.remove("date");
+            answers.push((status, format!("{headers:?}"), text));
+        }
+        assert_eq!(answers[0].0, 401);
+        assert!(answers.iter().all(|a| a == &answers[0]), "{answers:#?}");
+        app.stop().await;
     }
-    // The same event in plaintext is accepted when no Encrypt Key is configured.
-    assert_eq!(app.post(event, &[]).await.0, 200);
-    assert_eq!(counts(&pool).await.revision, 1);
-    app.stop().await;
+}
+
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn bad_inputs_without_encrypt_key(backend) {
+        let db = TestDb::on(backend).await;
+        let mut cfg = config(&db);
+        cfg.encrypt_key = None;
+        let app = TestApp::spawn(cfg).await;
+        let before = counts(&db).await;
+        let event = vectors()["webhook"]["signed_event"]["plaintext"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let cases = [
+            ("{oops".to_owned(), 400),
+            ("[1,2]".to_owned(), 400),
+            (event.replace(VERIFICATION_TOKEN, "nope"), 401),
+            (encrypted(&event), 400),
+        ];
+        for (body, want) in cases {
+            let (status, _, text) = app.post(body.clone(), &[]).await;
+            assert_eq!(status, want, "{body}: {text}");
+            assert_eq!(counts(&db).await, before);
+        }
+        // The same event in plaintext is accepted when no Encrypt Key is configured.
+        assert_eq!(app.post(event, &[]).await.0, 200);
+        assert_eq!(counts(&db).await.revision, 1);
+        app.stop().await;
+    }
 }
 
 fn event_of(event_id: &str, event_type: &str, body: Value) -> Value {
@@ -283,42 +291,45 @@ fn event_of(event_id: &str, event_type: &str, body: Value) -> Value {
     })
 }
 
-#[tokio::test]
-async fn duplicates_sequential_and_concurrent_store_once() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(config(&db)).await;
-    let pool = db.pool().await;
-    let event = event_of(
-        "dup-1",
-        "corehr.process.updated_v2",
-        json!({"process_id": "42", "status": 1}),
-    );
-    for _ in 0..3 {
-        assert_eq!(app.deliver(&event).await.0, 200);
-    }
-    let c = counts(&pool).await;
-    assert_eq!((c.inbox, c.changes, c.revision), (1, 1, 1));
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn duplicates_sequential_and_concurrent_store_once(backend) {
+        let db = TestDb::on(backend).await;
+        let app = TestApp::spawn(config(&db)).await;
+        let event = event_of(
+            "dup-1",
+            "corehr.process.updated_v2",
+            json!({"process_id": "42", "status": 1}),
+        );
+        for _ in 0..3 {
+            assert_eq!(app.deliver(&event).await.0, 200);
+        }
+        let c = counts(&db).await;
+        assert_eq!((c.inbox, c.changes, c.revision), (1, 1, 1));
 
-    let event = event_of(
-        "dup-2",
-        "corehr.process.approver.updated_v2",
-        json!({"process_id": "43", "approver_id": "a1", "status": 1}),
-    );
-    let answers = futures::future::join_all((0..20).map(|_| app.deliver(&event))).await;
-    assert!(
-        answers.iter().all(|(status, _)| *status == 200),
-        "{answers:?}"
-    );
-    let c = counts(&pool).await;
-    // One new inbox row; one revision that created process 43 and task a1.
-    assert_eq!((c.inbox, c.tasks, c.processes, c.revision), (2, 1, 2, 2));
-    assert_eq!(c.changes, 3);
-    app.stop().await;
+        let event = event_of(
+            "dup-2",
+            "corehr.process.approver.updated_v2",
+            json!({"process_id": "43", "approver_id": "a1", "status": 1}),
+        );
+        let answers = futures::future::join_all((0..20).map(|_| app.deliver(&event))).await;
+        assert!(
+            answers.iter().all(|(status, _)| *status == 200),
+            "{answers:?}"
+        );
+        let c = counts(&db).await;
+        // One new inbox row; one revision that created process 43 and task a1.
+        assert_eq!((c.inbox, c.tasks, c.processes, c.revision), (2, 1, 2, 2));
+        assert_eq!(c.changes, 3);
+        app.stop().await;
+    }
 }
 
 #[tokio::test]
 async fn unknown_event_types_are_kept_and_acked() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let app = TestApp::spawn(config(&db)).await;
     let pool = db.pool().await;
     let event = event_of(
@@ -339,7 +350,7 @@ async fn unknown_event_types_are_kept_and_acked() {
     let mut kept = event.clone();
     kept["header"]["token"] = json!("[redacted]");
     assert_eq!(stored.1, kept, "kept whole, but for the Verification Token");
-    assert_eq!(counts(&pool).await.revision, 0);
+    assert_eq!(counts(&db).await.revision, 0);
     app.stop().await;
 }
 
@@ -347,7 +358,9 @@ async fn unknown_event_types_are_kept_and_acked() {
 /// `token`, both paths' shapes) is in no stored row of any table.
 #[tokio::test]
 async fn no_stored_row_holds_the_verification_token() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let app = TestApp::spawn(config(&db)).await;
     let (body, headers) = signed_vector();
     assert_eq!(app.post(body, &header_refs(&headers)).await.0, 200);
@@ -370,7 +383,7 @@ async fn no_stored_row_holds_the_verification_token() {
                     "type": "event_callback", "event": {"type": "approval", "app_id": "a", "tenant_key": "t"}});
     assert_eq!(app.deliver(&v1).await.0, 200);
     let pool = db.pool().await;
-    assert_eq!(counts(&pool).await.inbox, 5);
+    assert_eq!(counts(&db).await.inbox, 5);
     let redacted: i64 = sqlx::query_scalar(
         "select count(*) from inbox where payload::text like '%\"[redacted]\"%'",
     )
@@ -401,7 +414,9 @@ async fn no_stored_row_holds_the_verification_token() {
 /// Rows stored before the redaction existed are scrubbed by the migration that introduced it.
 #[tokio::test]
 async fn the_migration_scrubs_tokens_stored_before_it() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let all = &process_state::store::MIGRATOR;
     let before = sqlx::migrate::Migrator {
         migrations: std::borrow::Cow::Owned(all.migrations.iter().take(4).cloned().collect()),
@@ -442,7 +457,9 @@ async fn the_migration_scrubs_tokens_stored_before_it() {
 /// not model) is acked and stored: the inbox keeps the exact JSON, the state gets U+FFFD.
 #[tokio::test]
 async fn an_event_with_nul_in_its_strings_is_stored() {
-    let db = TestDb::new().await;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
     let app = TestApp::spawn(config(&db)).await;
     let event = event_of(
         "nul-1",
@@ -476,54 +493,58 @@ async fn an_event_with_nul_in_its_strings_is_stored() {
     assert_eq!(process.biz_type, "leave\u{FFFD}x");
     // A redelivery is still a duplicate: the stored id and the delivered one agree.
     assert_eq!(app.deliver(&event).await.0, 200);
-    assert_eq!(counts(&pool).await.inbox, 1);
+    assert_eq!(counts(&db).await.inbox, 1);
     app.stop().await;
 }
 
-/// 300 unsigned requests are 300 counted refusals but one log line, not 300 (an attacker
-/// filled the disk with them).
-#[tokio::test]
-async fn refusals_are_counted_exactly_and_logged_once_per_interval() {
-    let logs = crate::common::logs::capture(tracing::level_filters::LevelFilter::INFO);
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(config(&db)).await;
-    for n in 0..300 {
-        let body = json!({"schema": "2.0", "header": {"event_id": format!("u-{n}")}, "event": {}});
-        assert_eq!(app.post(body.to_string(), &[]).await.0, 401);
+crate::on_both_stores! {
+    /// 300 unsigned requests are 300 counted refusals but one log line, not 300 (an attacker
+    /// filled the disk with them).
+    #[tokio::test]
+    async fn refusals_are_counted_exactly_and_logged_once_per_interval(backend) {
+        let logs = crate::common::logs::capture(tracing::level_filters::LevelFilter::INFO);
+        let db = TestDb::on(backend).await;
+        let app = TestApp::spawn(config(&db)).await;
+        for n in 0..300 {
+            let body = json!({"schema": "2.0", "header": {"event_id": format!("u-{n}")}, "event": {}});
+            assert_eq!(app.post(body.to_string(), &[]).await.0, 401);
+        }
+        let scrape = crate::metrics::scrape(&app).await;
+        let unsigned = [("reason", "unsigned")];
+        assert_eq!(
+            crate::metrics::value(&scrape, "process_state_webhook_rejected_total", &unsigned),
+            300.0
+        );
+        app.stop().await;
+        let logs = logs.text();
+        assert!(logs.contains("serving"), "the capture works: {logs}");
+        let lines = logs.lines().filter(|l| l.contains("rejected")).count();
+        assert_eq!(lines, 1, "{logs}");
     }
-    let scrape = crate::metrics::scrape(&app).await;
-    let unsigned = [("reason", "unsigned")];
-    assert_eq!(
-        crate::metrics::value(&scrape, "process_state_webhook_rejected_total", &unsigned),
-        300.0
-    );
-    app.stop().await;
-    let logs = logs.text();
-    assert!(logs.contains("serving"), "the capture works: {logs}");
-    let lines = logs.lines().filter(|l| l.contains("rejected")).count();
-    assert_eq!(lines, 1, "{logs}");
 }
 
-/// Under an Encrypt Key, a plaintext url_verification challenge (what Feishu sends while its
-/// console has no Encrypt Key yet) is answered when its Verification Token matches; with a
-/// wrong or missing token it gets the one identical unsigned answer.
-#[tokio::test]
-async fn a_plaintext_challenge_is_answered_under_an_encrypt_key() {
-    let db = TestDb::new().await;
-    let app = TestApp::spawn(config(&db)).await;
-    let good =
-        json!({"challenge": "c-plain", "token": VERIFICATION_TOKEN, "type": "url_verification"});
-    let (status, _, text) = app.post(good.to_string(), &[]).await;
-    assert_eq!((status, text.as_str()), (200, r#"{"challenge":"c-plain"}"#));
-    let unsigned = app.post("garbage", &[]).await;
-    for bad in [
-        json!({"challenge": "c", "token": "wrong", "type": "url_verification"}),
-        json!({"challenge": "c", "type": "url_verification"}),
-    ] {
-        let (status, _, text) = app.post(bad.to_string(), &[]).await;
-        assert_eq!((status, &text), (unsigned.0, &unsigned.2), "{bad}");
+crate::on_both_stores! {
+    /// Under an Encrypt Key, a plaintext url_verification challenge (what Feishu sends while its
+    /// console has no Encrypt Key yet) is answered when its Verification Token matches; with a
+    /// wrong or missing token it gets the one identical unsigned answer.
+    #[tokio::test]
+    async fn a_plaintext_challenge_is_answered_under_an_encrypt_key(backend) {
+        let db = TestDb::on(backend).await;
+        let app = TestApp::spawn(config(&db)).await;
+        let good =
+            json!({"challenge": "c-plain", "token": VERIFICATION_TOKEN, "type": "url_verification"});
+        let (status, _, text) = app.post(good.to_string(), &[]).await;
+        assert_eq!((status, text.as_str()), (200, r#"{"challenge":"c-plain"}"#));
+        let unsigned = app.post("garbage", &[]).await;
+        for bad in [
+            json!({"challenge": "c", "token": "wrong", "type": "url_verification"}),
+            json!({"challenge": "c", "type": "url_verification"}),
+        ] {
+            let (status, _, text) = app.post(bad.to_string(), &[]).await;
+            assert_eq!((status, &text), (unsigned.0, &unsigned.2), "{bad}");
+        }
+        let c = counts(&db).await;
+        assert_eq!(c.inbox, 0);
+        app.stop().await;
     }
-    let c = counts(&db.pool().await).await;
-    assert_eq!(c.inbox, 0);
-    app.stop().await;
 }

@@ -32,7 +32,8 @@ impl FreezableProxy {
             .options
             .clone()
             .host(&proxy.addr.ip().to_string())
-            .port(proxy.addr.port());
+            .port(proxy.addr.port())
+            .into();
         proxy
     }
 
