@@ -29,16 +29,44 @@ pub struct IngestArgs {
     /// Seconds of the pgbench baseline run; 0 skips it.
     #[arg(long, default_value_t = 10)]
     pub baseline_seconds: u32,
+    /// Which stores to run the service on; with both, their ratio is printed.
+    #[arg(long, value_enum, default_value_t = Stores::Both)]
+    pub store: Stores,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stores {
+    Sqlite,
+    Postgres,
+    Both,
 }
 
 /// One prepared delivery: body and X-Lark-* headers.
 type Delivery = (Vec<u8>, Vec<(&'static str, String)>);
 
 pub async fn run(admin: &str, args: IngestArgs) -> anyhow::Result<()> {
+    let sqlite = if args.store == Stores::Postgres {
+        None
+    } else {
+        let dir = std::env::temp_dir().join(format!("ps_bench_{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir)?;
+        let url = format!("sqlite://{}", dir.join("bench.db").display());
+        println!("on SQLite (synchronous=FULL, {}):", dir.display());
+        let rate = run_ours(&url, &args).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        Some(rate?)
+    };
+    if args.store == Stores::Sqlite {
+        return Ok(());
+    }
     let db = BenchDb::create(admin).await?;
-    let ours = run_ours(&db, &args).await;
+    println!("on Postgres:");
+    let ours = run_ours(&db.url, &args).await;
     db.drop_now().await?;
     let ours = ours?;
+    if let Some(sqlite) = sqlite {
+        println!("ratio: SQLite ÷ Postgres = {:.2}", sqlite / ours);
+    }
     if args.baseline_seconds > 0 {
         let baseline = BenchDb::create(admin).await?;
         let naive = pgbench_naive(&baseline, &args).await;
@@ -57,9 +85,9 @@ pub async fn run(admin: &str, args: IngestArgs) -> anyhow::Result<()> {
 }
 
 /// Runs the webhook load; returns events per second.
-async fn run_ours(db: &BenchDb, args: &IngestArgs) -> anyhow::Result<f64> {
+async fn run_ours(database_url: &str, args: &IngestArgs) -> anyhow::Result<f64> {
     let replica = Replica::start(
-        &db.url,
+        database_url,
         &[
             ("FEISHU_ENCRYPT_KEY", KEY),
             ("FEISHU_VERIFICATION_TOKEN", TOKEN),
@@ -130,12 +158,15 @@ async fn run_ours(db: &BenchDb, args: &IngestArgs) -> anyhow::Result<f64> {
             "  group commit: {batch:.1} events per transaction on average, {commit_ms:.2} ms per transaction"
         );
     }
-    let mut conn = PgConnection::connect(&db.url).await?;
-    let (revision, revisions, max_revision): (i64, i64, Option<i64>) = sqlx::query_as(
-        "select (select revision from revision_counter), count(distinct revision), max(revision) from changes",
-    )
-    .fetch_one(&mut conn)
-    .await?;
+    const GAPS: &str = "select (select revision from revision_counter), count(distinct revision), max(revision) from changes";
+    let (revision, revisions, max_revision): (i64, i64, Option<i64>) =
+        if database_url.starts_with("sqlite:") {
+            let mut conn = sqlx::SqliteConnection::connect(database_url).await?;
+            sqlx::query_as(GAPS).fetch_one(&mut conn).await?
+        } else {
+            let mut conn = PgConnection::connect(database_url).await?;
+            sqlx::query_as(GAPS).fetch_one(&mut conn).await?
+        };
     anyhow::ensure!(
         revisions == revision && max_revision == Some(revision),
         "revisions have gaps"

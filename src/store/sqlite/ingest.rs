@@ -1,6 +1,6 @@
 //! SQLite's ingest transaction ([`IngestTx`]): `BEGIN IMMEDIATE` takes the database's write
-//! lock first (commit order = revision order), then one prepared statement per inbox row and
-//! per written row; the bell rings once the commit returned. In-process, a statement costs
+//! lock first (commit order = revision order), then multi-row statements for the inbox, each
+//! table and the change log; the bell rings once the commit returned. In-process, a statement costs
 //! microseconds, so the batch's cost is its one fsync.
 
 use super::stored_time;
@@ -9,8 +9,8 @@ use crate::store::StoreError;
 use crate::store::fold::{ChangeRow, Current, Plan, Touched};
 use crate::store::ingest::{IngestTx, Read};
 use crate::store::rows::{CcState, NodeState, ProcessState, TaskState, Versions};
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{Arguments, Sqlite, SqlitePool, Transaction};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -46,23 +46,23 @@ impl IngestTx for SqliteIngest {
     ) -> Result<Read, StoreError> {
         let tx = &mut *self.tx;
         let mut stored = Vec::with_capacity(firsts.len());
-        for &i in firsts {
-            let e = &events[i];
-            let inserted: Option<String> = sqlx::query_scalar(
-                "insert into inbox (event_id, event_type, source, create_time, tenant_key, app_id, payload)
-                 values (?, ?, ?, ?, ?, ?, ?)
-                 on conflict (event_id) do nothing
-                 returning event_id",
-            )
-            .bind(&e.event_id)
-            .bind(&e.event_type)
-            .bind(e.source.as_str())
-            .bind(e.create_time)
-            .bind(&e.tenant_key)
-            .bind(&e.app_id)
-            .bind(e.payload.to_string())
-            .fetch_optional(&mut *tx)
-            .await?;
+        // Multi-row statements: each statement is a round trip to SQLite's worker thread.
+        for chunk in firsts.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "insert into inbox (event_id, event_type, source, create_time, tenant_key, app_id, payload) ",
+            );
+            q.push_values(chunk, |mut b, &i| {
+                let e = &events[i];
+                b.push_bind(&e.event_id)
+                    .push_bind(&e.event_type)
+                    .push_bind(e.source.as_str())
+                    .push_bind(e.create_time)
+                    .push_bind(&e.tenant_key)
+                    .push_bind(&e.app_id)
+                    .push_bind(e.payload.to_string());
+            });
+            q.push(" on conflict (event_id) do nothing returning event_id");
+            let inserted: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
             stored.extend(inserted);
         }
         let revision: i64 = sqlx::query_scalar("select revision from revision_counter")
@@ -114,68 +114,98 @@ impl IngestTx for SqliteIngest {
 
     async fn write(&mut self, plan: &Plan) -> Result<(), StoreError> {
         let tx = &mut *self.tx;
-        for r in plan.processes.values() {
-            let mut a = SqliteArguments::default();
-            add(&mut a, &r.process_id);
-            add(&mut a, r.status);
-            add(&mut a, &r.biz_type);
-            add(&mut a, &r.flow_definition_id);
-            add(&mut a, r.properties);
-            add(&mut a, &r.tenant_key);
-            add(&mut a, &r.app_id);
-            add(&mut a, r.event_time);
-            add(&mut a, &r.event_id);
-            stamp(&mut a, r.change_time, r.revision, &r.versions);
-            upsert(tx, "processes", PROCESS_COLUMNS, a).await?;
+        let processes: Vec<&ProcessState> = plan.processes.values().collect();
+        for rows in processes.chunks(ROWS_PER_STATEMENT) {
+            let mut q = upsert("processes", PROCESS_COLUMNS);
+            q.push_values(rows, |mut b, r| {
+                b.push_bind(&r.process_id)
+                    .push_bind(r.status)
+                    .push_bind(&r.biz_type)
+                    .push_bind(&r.flow_definition_id)
+                    .push_bind(r.properties)
+                    .push_bind(&r.tenant_key)
+                    .push_bind(&r.app_id)
+                    .push_bind(r.event_time)
+                    .push_bind(&r.event_id);
+                stamp(&mut b, r.change_time, r.revision, &r.versions);
+            });
+            q.build().execute(&mut *tx).await?;
         }
-        for r in plan.nodes.values() {
-            let mut a = SqliteArguments::default();
-            add(&mut a, &r.process_node_id);
-            add(&mut a, &r.process_id);
-            add(&mut a, &r.node_definition_id);
-            add(&mut a, &r.flow_definition_id);
-            add(&mut a, r.node_type);
-            add(&mut a, r.node_status);
-            add(&mut a, &r.biz_type);
-            add(&mut a, &r.tenant_key);
-            add(&mut a, &r.app_id);
-            add(&mut a, r.event_time);
-            add(&mut a, &r.event_id);
-            stamp(&mut a, r.change_time, r.revision, &r.versions);
-            upsert(tx, "nodes", NODE_COLUMNS, a).await?;
+        let nodes: Vec<&NodeState> = plan.nodes.values().collect();
+        for rows in nodes.chunks(ROWS_PER_STATEMENT) {
+            let mut q = upsert("nodes", NODE_COLUMNS);
+            q.push_values(rows, |mut b, r| {
+                b.push_bind(&r.process_node_id)
+                    .push_bind(&r.process_id)
+                    .push_bind(&r.node_definition_id)
+                    .push_bind(&r.flow_definition_id)
+                    .push_bind(r.node_type)
+                    .push_bind(r.node_status)
+                    .push_bind(&r.biz_type)
+                    .push_bind(&r.tenant_key)
+                    .push_bind(&r.app_id)
+                    .push_bind(r.event_time)
+                    .push_bind(&r.event_id);
+                stamp(&mut b, r.change_time, r.revision, &r.versions);
+            });
+            q.build().execute(&mut *tx).await?;
         }
-        for r in plan.tasks.values() {
-            let mut a = SqliteArguments::default();
-            add(&mut a, &r.approver_id);
-            add(&mut a, &r.process_id);
-            add(&mut a, r.task_type);
-            add(&mut a, r.status);
-            add(&mut a, &r.biz_type);
-            add(&mut a, &r.flow_definition_id);
-            add(&mut a, &r.node_definition_id);
-            add(&mut a, &r.process_node_id);
-            add(&mut a, &r.tenant_key);
-            add(&mut a, &r.app_id);
-            add(&mut a, r.event_time);
-            add(&mut a, &r.event_id);
-            stamp(&mut a, r.change_time, r.revision, &r.versions);
-            upsert(tx, "tasks", TASK_COLUMNS, a).await?;
+        let tasks: Vec<&TaskState> = plan.tasks.values().collect();
+        for rows in tasks.chunks(ROWS_PER_STATEMENT) {
+            let mut q = upsert("tasks", TASK_COLUMNS);
+            q.push_values(rows, |mut b, r| {
+                b.push_bind(&r.approver_id)
+                    .push_bind(&r.process_id)
+                    .push_bind(r.task_type)
+                    .push_bind(r.status)
+                    .push_bind(&r.biz_type)
+                    .push_bind(&r.flow_definition_id)
+                    .push_bind(&r.node_definition_id)
+                    .push_bind(&r.process_node_id)
+                    .push_bind(&r.tenant_key)
+                    .push_bind(&r.app_id)
+                    .push_bind(r.event_time)
+                    .push_bind(&r.event_id);
+                stamp(&mut b, r.change_time, r.revision, &r.versions);
+            });
+            q.build().execute(&mut *tx).await?;
         }
-        for r in plan.cc_tasks.values() {
-            let mut a = SqliteArguments::default();
-            add(&mut a, &r.approver_id);
-            add(&mut a, &r.process_id);
-            add(&mut a, r.status);
-            add(&mut a, &r.biz_type);
-            add(&mut a, &r.tenant_key);
-            add(&mut a, &r.app_id);
-            add(&mut a, r.event_time);
-            add(&mut a, &r.event_id);
-            stamp(&mut a, r.change_time, r.revision, &r.versions);
-            upsert(tx, "cc_tasks", CC_COLUMNS, a).await?;
+        let cc_tasks: Vec<&CcState> = plan.cc_tasks.values().collect();
+        for rows in cc_tasks.chunks(ROWS_PER_STATEMENT) {
+            let mut q = upsert("cc_tasks", CC_COLUMNS);
+            q.push_values(rows, |mut b, r| {
+                b.push_bind(&r.approver_id)
+                    .push_bind(&r.process_id)
+                    .push_bind(r.status)
+                    .push_bind(&r.biz_type)
+                    .push_bind(&r.tenant_key)
+                    .push_bind(&r.app_id)
+                    .push_bind(r.event_time)
+                    .push_bind(&r.event_id);
+                stamp(&mut b, r.change_time, r.revision, &r.versions);
+            });
+            q.build().execute(&mut *tx).await?;
         }
-        for c in &plan.changes {
-            change(tx, c).await?;
+        for rows in plan.changes.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "insert into changes (revision, entity, entity_id, process_id, event_id, state,
+                                      change_time, process_status, previous_process_status,
+                                      process_biz_type, process_flow_definition_id) ",
+            );
+            q.push_values(rows, |mut b, c: &ChangeRow| {
+                b.push_bind(c.revision)
+                    .push_bind(c.entity)
+                    .push_bind(&c.entity_id)
+                    .push_bind(&c.process_id)
+                    .push_bind(&c.event_id)
+                    .push_bind(c.state.to_string())
+                    .push_bind(stored_time(c.change_time))
+                    .push_bind(c.process_status)
+                    .push_bind(c.previous_process_status)
+                    .push_bind(&c.process_biz_type)
+                    .push_bind(&c.process_flow_definition_id);
+            });
+            q.build().execute(&mut *tx).await?;
         }
         sqlx::query("update revision_counter set revision = ?")
             .bind(plan.revision)
@@ -199,62 +229,24 @@ const NODE_COLUMNS: &str = "process_node_id, process_id, node_definition_id, flo
 const TASK_COLUMNS: &str = "approver_id, process_id, task_type, status, biz_type, flow_definition_id, node_definition_id, process_node_id, tenant_key, app_id, event_time, event_id, change_time, revision, versions";
 const CC_COLUMNS: &str = "approver_id, process_id, status, biz_type, tenant_key, app_id, event_time, event_id, change_time, revision, versions";
 
-fn add<'q, T>(a: &mut SqliteArguments<'q>, value: T)
-where
-    T: 'q + sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite>,
-{
-    a.add(value).expect("SQLite encodes every column type here");
+/// Rows per multi-row statement: well under SQLite's 32,766 bound parameters at 15 columns.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// `insert or replace` of whole rows: every column comes from the plan.
+fn upsert<'a>(table: &str, columns: &str) -> QueryBuilder<'a, Sqlite> {
+    QueryBuilder::new(format!("insert or replace into {table} ({columns}) "))
 }
 
 /// The three columns every row ends with.
-fn stamp(
-    a: &mut SqliteArguments<'_>,
+fn stamp<'a>(
+    b: &mut sqlx::query_builder::Separated<'_, 'a, Sqlite, &'static str>,
     change_time: chrono::DateTime<chrono::Utc>,
     revision: i64,
     versions: &Versions,
 ) {
-    add(a, stored_time(change_time));
-    add(a, revision);
-    add(
-        a,
-        serde_json::to_string(versions).expect("versions serialize"),
-    );
-}
-
-/// Writes one row whole (`insert or replace`: every column comes from the plan).
-async fn upsert(
-    tx: &mut sqlx::SqliteConnection,
-    table: &str,
-    columns: &str,
-    arguments: SqliteArguments<'_>,
-) -> Result<(), sqlx::Error> {
-    let marks = vec!["?"; columns.split(',').count()].join(", ");
-    let sql = format!("insert or replace into {table} ({columns}) values ({marks})");
-    sqlx::query_with(&sql, arguments).execute(tx).await?;
-    Ok(())
-}
-
-async fn change(tx: &mut sqlx::SqliteConnection, c: &ChangeRow) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "insert into changes (revision, entity, entity_id, process_id, event_id, state, change_time,
-                              process_status, previous_process_status, process_biz_type,
-                              process_flow_definition_id)
-         values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(c.revision)
-    .bind(c.entity)
-    .bind(&c.entity_id)
-    .bind(&c.process_id)
-    .bind(&c.event_id)
-    .bind(c.state.to_string())
-    .bind(stored_time(c.change_time))
-    .bind(c.process_status)
-    .bind(c.previous_process_status)
-    .bind(&c.process_biz_type)
-    .bind(&c.process_flow_definition_id)
-    .execute(tx)
-    .await?;
-    Ok(())
+    b.push_bind(stored_time(change_time))
+        .push_bind(revision)
+        .push_bind(serde_json::to_string(versions).expect("versions serialize"));
 }
 
 /// The stored rows of `table` whose `key` is one of `ids`, by key.
