@@ -61,9 +61,10 @@ pub enum StoreError {
     /// Migrations could not be applied.
     #[error("migrations failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),
-    /// The SQLite file is in use by another process, or its lock file cannot be taken.
+    /// The store cannot be set up: its SQLite file is in use by another process, or its
+    /// Postgres database is missing and cannot be created.
     #[error("{0}")]
-    Locked(String),
+    Setup(String),
     /// This replica runs as many reads as it may; the read waited for a turn and got none.
     #[error("too many reads at once on this replica")]
     Overloaded,

@@ -270,3 +270,33 @@ fn sigterm(pid: u32) {
         .unwrap();
     assert!(status.success());
 }
+
+/// A Postgres database that does not exist is created when the role may (as `sqlx database
+/// create` does); the service then migrates it.
+#[tokio::test]
+async fn a_missing_postgres_database_is_created() {
+    if !crate::common::Backend::postgres_runs().await {
+        return;
+    }
+    let name = format!("ps_test_{:016x}", rand::random::<u64>());
+    let url = format!(
+        "{}/{name}",
+        crate::common::admin_url().rsplit_once('/').unwrap().0
+    );
+    let output = Command::new(BIN)
+        .args(["migrate", "--database-url", &url])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("created the database"), "{stderr}");
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(&crate::common::admin_url())
+        .await
+        .unwrap();
+    sqlx::query(&format!("drop database {name} with (force)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}

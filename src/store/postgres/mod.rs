@@ -61,7 +61,13 @@ impl PgStore {
             ("tcp_keepalives_count", "3"),
         ]);
         // One direct connection first: a pool only reports "timed out", this reports why.
-        PgConnection::connect_with(&options).await?.close().await?;
+        match PgConnection::connect_with(&options).await {
+            Ok(conn) => conn.close().await?,
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+                create_database(&options).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
         let pool = |max_connections: u32| {
             PgPoolOptions::new()
                 .max_connections(max_connections)
@@ -101,6 +107,32 @@ impl PgStore {
     /// Connections the read pool may hand out.
     pub fn read_connections(&self) -> u32 {
         self.pool.options().get_max_connections()
+    }
+}
+
+/// Creates the database `options` names, as `sqlx database create` does, through the `postgres`
+/// maintenance database; when the role may not, the error names the database and the role.
+async fn create_database(options: &PgConnectOptions) -> Result<(), StoreError> {
+    let name = options.get_database().unwrap_or_default().to_owned();
+    let role = options.get_username().to_owned();
+    let created = async {
+        let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        sqlx::query(&format!("create database {quoted}"))
+            .execute(&mut admin)
+            .await?;
+        admin.close().await
+    };
+    match created.await {
+        Ok(()) => {
+            tracing::info!(database = %name, "created the database");
+            Ok(())
+        }
+        // Another replica created it meanwhile.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+        Err(e) => Err(StoreError::Setup(format!(
+            "database {name:?} does not exist and role {role:?} could not create it ({e}); create it, or grant CREATEDB"
+        ))),
     }
 }
 

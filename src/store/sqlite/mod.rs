@@ -51,7 +51,7 @@ impl SqliteStore {
     pub async fn open(path: &Path, read_connections: u32) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Locked(format!("cannot create {}: {e}", dir.display())))?;
+                .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
         }
         let lock = FileLock::take(path)?;
         let options = SqliteConnectOptions::new()
@@ -214,7 +214,7 @@ impl FileLock {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map_err(|e| StoreError::Locked(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::Setup(format!("cannot open {}: {e}", path.display())))?;
         if file.try_lock().is_err() {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
@@ -224,7 +224,7 @@ impl FileLock {
             } else {
                 holder
             };
-            return Err(StoreError::Locked(format!(
+            return Err(StoreError::Setup(format!(
                 "{} is in use by process {holder} (one process per SQLite file; for several replicas use Postgres)",
                 database.display()
             )));
@@ -234,7 +234,7 @@ impl FileLock {
             .and_then(|()| file.rewind())
             .and_then(|()| write!(file, "{}", std::process::id()))
             .and_then(|()| file.flush());
-        written.map_err(|e| StoreError::Locked(format!("cannot write {}: {e}", path.display())))?;
+        written.map_err(|e| StoreError::Setup(format!("cannot write {}: {e}", path.display())))?;
         Ok(Self(file))
     }
 }
