@@ -44,6 +44,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             // Which store and where: the URL given, or the default SQLite file.
             println!("# store: {}", config.database);
         }
+        Command::Copy(args) => copy(args).await?,
         Command::Simulate(args) => process_state::simulate::run(args).await?,
         Command::Bench(args) => process_state::bench::run(args).await?,
     }
@@ -70,4 +71,41 @@ async fn signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutdown requested");
     shutdown.cancel();
+}
+
+/// `copy --from sqlite://… --to postgres://…`, with a progress bar.
+async fn copy(args: process_state::config::CopyArgs) -> anyhow::Result<()> {
+    use process_state::config::Database;
+    use process_state::store::{PgStore, SqliteStore, copy};
+    let (Database::Sqlite(path), Database::Postgres(target)) =
+        (database_options(&args.from)?, database_options(&args.to)?)
+    else {
+        anyhow::bail!(
+            "copy moves an embedded store to Postgres: --from sqlite://PATH --to postgres://USER@HOST:PORT/DB"
+        );
+    };
+    anyhow::ensure!(path.exists(), "{} does not exist", path.display());
+    let from = SqliteStore::open(&path, 2).await?;
+    from.migrate().await?;
+    let to = PgStore::connect(*target, 2, std::time::Duration::from_secs(10)).await?;
+    to.migrate().await?;
+    let bar = indicatif::ProgressBar::new(copy::rows_to_copy(&from).await?);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows, {per_sec}, {eta} left")
+            .expect("a valid template"),
+    );
+    let copied = copy::sqlite_to_postgres(&from, &to, &|n| bar.inc(n)).await?;
+    bar.finish();
+    tracing::info!(
+        inbox = copied.inbox,
+        state_rows = copied.rows,
+        changes = copied.changes,
+        revision = copied.revision,
+        pruned_through = copied.pruned_through,
+        "copied; watchers resume on Postgres from the revisions they had"
+    );
+    use process_state::store::Store;
+    from.close().await;
+    to.close().await;
+    Ok(())
 }

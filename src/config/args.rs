@@ -32,10 +32,24 @@ pub enum Command {
     /// Inspect configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Copy an embedded (SQLite) store into an empty Postgres database, as it is: inbox,
+    /// state, change log, revision counter and retention horizon. Stop `serve` first.
+    Copy(CopyArgs),
     /// Send realistic encrypted, signed CoreHR event sequences to a webhook.
     Simulate(crate::simulate::SimulateArgs),
     /// Load runs against replicas of this binary that print numbers.
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The store to copy: sqlite://PATH
+    #[arg(long)]
+    pub from: String,
+    /// The empty Postgres database to copy into: postgres://USER@HOST:PORT/DB (created when
+    /// missing and the role may)
+    #[arg(long, hide_env_values = true)]
+    pub to: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,7 +3,9 @@
 
 mod args;
 
-pub use args::{Cli, Command, ConfigCommand, DatabaseArgs, SECRET_KEYS, ServeArgs, Settings};
+pub use args::{
+    Cli, Command, ConfigCommand, CopyArgs, DatabaseArgs, SECRET_KEYS, ServeArgs, Settings,
+};
 
 use crate::api::watch::WatchConfig;
 use crate::ingest::WriterConfig;

@@ -10,6 +10,7 @@ mod auth_methods;
 mod batching;
 mod cache;
 mod cli;
+mod copy;
 mod deadlines;
 mod grpc;
 mod grpc_web;

@@ -22,12 +22,49 @@ const BEGIN_LOCKED: &str = "begin; select 1 from revision_counter for update";
 
 /// An ingest transaction on Postgres.
 #[derive(Debug)]
-pub(super) struct PgIngest(Transaction<'static, Postgres>);
+pub(in crate::store) struct PgIngest(Transaction<'static, Postgres>);
 
 impl PgIngest {
     /// Begins with the revision counter locked.
     pub async fn begin(pool: &PgPool) -> Result<Self, StoreError> {
         Ok(Self(pool.begin_with(BEGIN_LOCKED).await?))
+    }
+}
+
+impl PgIngest {
+    /// Inbox rows as another store kept them (`copy`), received times included.
+    pub async fn insert_inbox(
+        &mut self,
+        rows: &[crate::store::copy::InboxRow],
+    ) -> Result<(), StoreError> {
+        let col =
+            |f: fn(&crate::store::copy::InboxRow) -> String| rows.iter().map(f).collect::<Vec<_>>();
+        sqlx::query(
+            "insert into inbox (event_id, event_type, source, create_time, tenant_key, app_id, payload, received_at)
+             select i, t, s, c, k, a, p::json, r
+             from unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::text[],
+                         $7::text[], $8::timestamptz[]) as u(i, t, s, c, k, a, p, r)",
+        )
+        .bind(col(|r| r.event_id.clone()))
+        .bind(col(|r| r.event_type.clone()))
+        .bind(col(|r| r.source.clone()))
+        .bind(rows.iter().map(|r| r.create_time).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.tenant_key.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.app_id.clone()).collect::<Vec<_>>())
+        .bind(col(|r| r.payload.clone()))
+        .bind(rows.iter().map(|r| r.received_at).collect::<Vec<_>>())
+        .execute(&mut *self.0)
+        .await?;
+        Ok(())
+    }
+
+    /// Sets the change log's retention horizon (`copy`).
+    pub async fn set_horizon(&mut self, pruned_through: i64) -> Result<(), StoreError> {
+        sqlx::query("update change_log_horizon set pruned_through = $1")
+            .bind(pruned_through)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
     }
 }
 

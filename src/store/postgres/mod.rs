@@ -3,6 +3,8 @@
 
 mod changes;
 mod ingest;
+
+pub(super) use ingest::PgIngest;
 mod read;
 
 use super::{
@@ -97,6 +99,16 @@ impl PgStore {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.write_pool).await?;
         Ok(())
+    }
+
+    /// The pool of ingest, the health check and pruning.
+    pub(in crate::store) fn write_pool(&self) -> &PgPool {
+        &self.write_pool
+    }
+
+    /// An ingest transaction, the revision counter locked.
+    pub(in crate::store) async fn begin_ingest(&self) -> Result<PgIngest, StoreError> {
+        PgIngest::begin(&self.write_pool).await
     }
 
     /// The read pool.

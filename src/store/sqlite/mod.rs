@@ -92,6 +92,11 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The read pool (`copy` reads through it).
+    pub(in crate::store) fn read_pool(&self) -> &SqlitePool {
+        &self.reads
+    }
+
     /// Connections the read pool may hand out.
     pub fn read_connections(&self) -> u32 {
         self.reads.options().get_max_connections()
