@@ -45,6 +45,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("# store: {}", config.database);
         }
         Command::Copy(args) => copy(args).await?,
+        Command::Rebuild(args) => {
+            if !rebuild(args).await? {
+                return Err(anyhow::anyhow!(
+                    "stored state differs from the inbox's fold"
+                ));
+            }
+        }
         Command::Simulate(args) => process_state::simulate::run(args).await?,
         Command::Bench(args) => process_state::bench::run(args).await?,
     }
@@ -108,4 +115,40 @@ async fn copy(args: process_state::config::CopyArgs) -> anyhow::Result<()> {
     from.close().await;
     to.close().await;
     Ok(())
+}
+
+/// `rebuild --verify`: true when the stored state is what the inbox folds to.
+async fn rebuild(args: process_state::config::RebuildArgs) -> anyhow::Result<bool> {
+    let database = process_state::config::database_or_default(
+        args.database_url.as_deref(),
+        args.data_dir.as_deref(),
+    )?;
+    let mut config = Config::new(database);
+    config.db_max_connections = 2;
+    let store = process_state::app::open_store(&config).await?;
+    store.migrate().await?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos} events folded, {per_sec}")
+            .expect("a valid template"),
+    );
+    let differences =
+        process_state::store::rebuild::verify(store.as_ref(), &|n| bar.inc(n)).await?;
+    bar.finish_and_clear();
+    for d in &differences {
+        println!(
+            "{} {}:\n  stored: {}\n  folded: {}",
+            d.entity,
+            d.id,
+            d.stored.as_deref().unwrap_or("(none)"),
+            d.folded.as_deref().unwrap_or("(none)")
+        );
+    }
+    println!(
+        "{} entities differ from the fold of the inbox ({})",
+        differences.len(),
+        config.database
+    );
+    store.close().await;
+    Ok(differences.is_empty())
 }

@@ -35,6 +35,9 @@ pub enum Command {
     /// Copy an embedded (SQLite) store into an empty Postgres database, as it is: inbox,
     /// state, change log, revision counter and retention horizon. Stop `serve` first.
     Copy(CopyArgs),
+    /// Fold every event in the inbox again and print the entities whose stored state differs
+    /// (nothing is written). Exits 1 when any differs.
+    Rebuild(RebuildArgs),
     /// Send realistic encrypted, signed CoreHR event sequences to a webhook.
     Simulate(crate::simulate::SimulateArgs),
     /// Load runs against replicas of this binary that print numbers.
@@ -50,6 +53,20 @@ pub struct CopyArgs {
     /// missing and the role may)
     #[arg(long, hide_env_values = true)]
     pub to: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// Compare only (the one mode so far).
+    #[arg(long, required = true)]
+    pub verify: bool,
+    /// The store: sqlite://PATH or postgres://… [default: sqlite://process-state.db in
+    /// --data-dir].
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory of the default SQLite database [default: the working directory].
+    #[arg(long, env = "PROCESS_STATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

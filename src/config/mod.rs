@@ -4,7 +4,8 @@
 mod args;
 
 pub use args::{
-    Cli, Command, ConfigCommand, CopyArgs, DatabaseArgs, SECRET_KEYS, ServeArgs, Settings,
+    Cli, Command, ConfigCommand, CopyArgs, DatabaseArgs, RebuildArgs, SECRET_KEYS, ServeArgs,
+    Settings,
 };
 
 use crate::api::watch::WatchConfig;
@@ -270,6 +271,22 @@ fn cors_origins(origins: Vec<String>) -> Result<Vec<http::HeaderValue>, ConfigEr
                 .map_err(|_| invalid(key, format!("{origin:?} is not a valid header value")))
         })
         .collect()
+}
+
+/// The store a URL names, or without one the default SQLite file in `data_dir` (default: the
+/// working directory).
+pub fn database_or_default(
+    url: Option<&str>,
+    data_dir: Option<&std::path::Path>,
+) -> Result<Database, ConfigError> {
+    match url {
+        Some(url) => database_options(url),
+        None => Ok(Database::Sqlite(
+            data_dir
+                .unwrap_or(std::path::Path::new(""))
+                .join(DEFAULT_SQLITE_FILE),
+        )),
+    }
 }
 
 /// Parses and checks a database URL: `postgres://…` (or `postgresql://…`) or `sqlite://PATH`.

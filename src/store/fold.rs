@@ -126,16 +126,17 @@ struct Folder<'a> {
 }
 
 /// Folds `events` (with `new[i]` telling whether the inbox took event `i`) over `current`,
-/// starting after revision `start`, at transaction time `now`.
+/// starting after revision `start`, at transaction time `now`. `current` ends as the final
+/// rows of every entity it held or the events touched.
 pub(super) fn fold(
     events: &[Event],
     new: &[bool],
-    mut current: Current,
+    current: &mut Current,
     start: i64,
     now: DateTime<Utc>,
 ) -> Plan {
     let mut f = Folder {
-        current: &mut current,
+        current,
         plan: Plan {
             revision: start,
             outcomes: Vec::with_capacity(events.len()),
@@ -524,7 +525,7 @@ mod tests {
         let firsts = first_occurrences(&events);
         assert_eq!(firsts, [0, 1, 2, 4]);
         let new = [true, true, true, false, true];
-        let plan = fold(&events, &new, Current::default(), 7, Utc::now());
+        let plan = fold(&events, &new, &mut Current::default(), 7, Utc::now());
         assert_eq!(
             plan.outcomes,
             [
@@ -556,7 +557,7 @@ mod tests {
             event("s1", 11, status("p", 2, None)),
             event("t2", 12, task("p", "task", 2)),
         ];
-        let plan = fold(&events, &[true; 3], Current::default(), 0, Utc::now());
+        let plan = fold(&events, &[true; 3], &mut Current::default(), 0, Utc::now());
         assert_eq!(plan.revision, 3);
         let logged: Vec<_> = plan
             .changes
@@ -623,7 +624,7 @@ mod tests {
             event("l", 50, task("p", "task", 3)), // same time, smaller id: stale
             event("n", 50, task("p", "task", 3)), // same time, greater id: applies
         ];
-        let plan = fold(&events, &[true; 2], current, 4, now);
+        let plan = fold(&events, &[true; 2], &mut current, 4, now);
         assert_eq!(
             plan.outcomes,
             [Outcome::Kept, Outcome::Applied { revision: 5 }]
@@ -643,16 +644,18 @@ mod tests {
         let one_by_one = |order: [&Event; 2]| {
             let mut current = Current::default();
             for (n, e) in order.into_iter().enumerate() {
-                let plan = fold(std::slice::from_ref(e), &[true], current, n as i64, now);
-                current = Current {
-                    processes: plan.processes,
-                    ..Current::default()
-                };
+                fold(
+                    std::slice::from_ref(e),
+                    &[true],
+                    &mut current,
+                    n as i64,
+                    now,
+                );
             }
             current.processes.remove("p").unwrap()
         };
         let batch = |events: [Event; 2]| {
-            fold(&events, &[true; 2], Current::default(), 0, now)
+            fold(&events, &[true; 2], &mut Current::default(), 0, now)
                 .processes
                 .remove("p")
                 .unwrap()

@@ -48,14 +48,14 @@ pub(super) async fn ingest(
 ) -> Result<Vec<Outcome>, StoreError> {
     let firsts = fold::first_occurrences(events);
     let touched = fold::touched(events, &firsts);
-    let read = tx.insert_and_read(events, &firsts, &touched).await?;
+    let mut read = tx.insert_and_read(events, &firsts, &touched).await?;
     let stored: HashSet<&str> = read.stored.iter().map(String::as_str).collect();
     let mut new = vec![false; events.len()];
     for &i in &firsts {
         new[i] = stored.contains(events[i].event_id.as_str());
     }
     let start = read.revision;
-    let plan = fold::fold(events, &new, read.current, start, read.now);
+    let plan = fold::fold(events, &new, &mut read.current, start, read.now);
     // Rows whose stamps moved are written even when no revision came of them (merge.rs).
     if plan.revision != start || !plan.rows_empty() {
         tx.write(&plan).await?;

@@ -10,6 +10,7 @@ mod ingest;
 mod limit;
 mod merge;
 mod postgres;
+pub mod rebuild;
 mod rows;
 mod sqlite;
 
@@ -101,6 +102,16 @@ fn transient(code: &str) -> bool {
         .iter()
         .any(|class| code.starts_with(class))
         || ["3D000", "55000", "55P03"].contains(&code)
+}
+
+/// An event as the inbox keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub create_time: i64,
+    pub event_id: String,
+    pub source: String,
+    /// The plaintext event JSON, as received (tokens redacted).
+    pub payload: String,
 }
 
 /// Filter of `ListProcesses`. Empty fields match everything.
@@ -251,4 +262,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// A doorbell for new changes.
     async fn doorbell(&self) -> Result<Box<dyn Doorbell>, StoreError>;
+
+    /// Up to `limit` inbox events after `after` in `(create_time, event_id)` order: the order
+    /// `rebuild` folds them in.
+    async fn inbox_page(
+        &self,
+        after: &(i64, String),
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
 }

@@ -20,6 +20,7 @@ mod longconn;
 mod metrics;
 mod ordering;
 mod overload;
+mod rebuild;
 mod reflection;
 mod security;
 mod shutdown;

@@ -228,6 +228,33 @@ impl Store for PgStore {
         changes::prune(&self.write_pool, retention).await
     }
 
+    async fn inbox_page(
+        &self,
+        after: &(i64, String),
+        limit: u32,
+    ) -> Result<Vec<super::StoredEvent>, StoreError> {
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "select create_time, event_id, source, payload::text from inbox
+             where (create_time, event_id) > ($1, $2) order by create_time, event_id limit $3",
+        )
+        .bind(after.0)
+        .bind(&after.1)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(create_time, event_id, source, payload)| super::StoredEvent {
+                    create_time,
+                    event_id,
+                    source,
+                    payload,
+                },
+            )
+            .collect())
+    }
+
     async fn doorbell(&self) -> Result<Box<dyn Doorbell>, StoreError> {
         changes::doorbell(&self.pool).await
     }

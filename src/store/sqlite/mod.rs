@@ -185,6 +185,33 @@ impl Store for SqliteStore {
         read::prune(&self.writer, retention).await
     }
 
+    async fn inbox_page(
+        &self,
+        after: &(i64, String),
+        limit: u32,
+    ) -> Result<Vec<super::StoredEvent>, StoreError> {
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "select create_time, event_id, source, payload from inbox
+             where (create_time, event_id) > (?, ?) order by create_time, event_id limit ?",
+        )
+        .bind(after.0)
+        .bind(&after.1)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reads)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(create_time, event_id, source, payload)| super::StoredEvent {
+                    create_time,
+                    event_id,
+                    source,
+                    payload,
+                },
+            )
+            .collect())
+    }
+
     async fn doorbell(&self) -> Result<Box<dyn Doorbell>, StoreError> {
         Ok(Box::new(Bell(self.bell.subscribe())))
     }
