@@ -117,7 +117,7 @@ async fn copy(args: process_state::config::CopyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `rebuild --verify`: true when the stored state is what the inbox folds to.
+/// `rebuild --verify|--apply`: true when the stored state is (now) what the inbox folds to.
 async fn rebuild(args: process_state::config::RebuildArgs) -> anyhow::Result<bool> {
     let database = process_state::config::database_or_default(
         args.database_url.as_deref(),
@@ -132,10 +132,9 @@ async fn rebuild(args: process_state::config::RebuildArgs) -> anyhow::Result<boo
         indicatif::ProgressStyle::with_template("{spinner} {pos} events folded, {per_sec}")
             .expect("a valid template"),
     );
-    let differences =
-        process_state::store::rebuild::verify(store.as_ref(), &|n| bar.inc(n)).await?;
+    let report = process_state::store::rebuild::verify(store.as_ref(), &|n| bar.inc(n)).await?;
     bar.finish_and_clear();
-    for d in &differences {
+    for d in &report.differences {
         println!(
             "{} {}:\n  stored: {}\n  folded: {}",
             d.entity,
@@ -144,11 +143,18 @@ async fn rebuild(args: process_state::config::RebuildArgs) -> anyhow::Result<boo
             d.folded.as_deref().unwrap_or("(none)")
         );
     }
+    let differ = report.differences.len();
     println!(
-        "{} entities differ from the fold of the inbox ({})",
-        differences.len(),
+        "{differ} entities differ from the fold of the inbox ({})",
         config.database
     );
+    let mut consistent = differ == 0;
+    if args.apply && report.repairable() > 0 {
+        let repairable = report.repairable();
+        let through = process_state::store::rebuild::apply(store.as_ref(), report).await?;
+        println!("wrote {repairable} entities as the fold has them, through revision {through}");
+        consistent = repairable == differ;
+    }
     store.close().await;
-    Ok(differences.is_empty())
+    Ok(consistent)
 }

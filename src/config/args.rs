@@ -35,8 +35,9 @@ pub enum Command {
     /// Copy an embedded (SQLite) store into an empty Postgres database, as it is: inbox,
     /// state, change log, revision counter and retention horizon. Stop `serve` first.
     Copy(CopyArgs),
-    /// Fold every event in the inbox again and print the entities whose stored state differs
-    /// (nothing is written). Exits 1 when any differs.
+    /// Fold every event in the inbox again and print the entities whose stored state differs:
+    /// --verify writes nothing (exits 1 when any differs); --apply writes those entities as the
+    /// fold has them, under new revisions that watchers and caches see.
     Rebuild(RebuildArgs),
     /// Send realistic encrypted, signed CoreHR event sequences to a webhook.
     Simulate(crate::simulate::SimulateArgs),
@@ -56,10 +57,14 @@ pub struct CopyArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["verify", "apply"])))]
 pub struct RebuildArgs {
-    /// Compare only (the one mode so far).
-    #[arg(long, required = true)]
+    /// Compare only; write nothing.
+    #[arg(long)]
     pub verify: bool,
+    /// Write the differing entities as new revisions.
+    #[arg(long)]
+    pub apply: bool,
     /// The store: sqlite://PATH or postgres://… [default: sqlite://process-state.db in
     /// --data-dir].
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]

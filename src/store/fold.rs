@@ -108,6 +108,105 @@ pub(super) fn touched(events: &[Event], indexes: &[usize]) -> Touched {
     t
 }
 
+/// A plan that stores `rows` as they are, each entity under a revision of its own after
+/// `start`, with its change row (`rebuild --apply`): processes first, so a child's change row
+/// carries its process's repaired status. `previous` holds the stored process statuses.
+pub(super) fn restate(
+    rows: Current,
+    previous: &HashMap<String, Option<i32>>,
+    start: i64,
+    now: DateTime<Utc>,
+) -> Plan {
+    let mut plan = Plan {
+        revision: start,
+        ..Plan::default()
+    };
+    let mut processes: Vec<ProcessState> = rows.processes.into_values().collect();
+    processes.sort_by(|a, b| a.process_id.cmp(&b.process_id));
+    for mut row in processes {
+        plan.revision += 1;
+        (row.revision, row.change_time) = (plan.revision, now);
+        plan.changes.push(ChangeRow {
+            revision: plan.revision,
+            entity: "process",
+            entity_id: row.process_id.clone(),
+            process_id: row.process_id.clone(),
+            event_id: row.event_id.clone().unwrap_or_else(|| "rebuild".into()),
+            state: json(&row),
+            change_time: now,
+            process_status: row.status,
+            previous_process_status: previous.get(&row.process_id).copied().flatten(),
+            process_biz_type: row.biz_type.clone(),
+            process_flow_definition_id: row.flow_definition_id.clone(),
+        });
+        plan.processes.insert(row.process_id.clone(), row);
+    }
+    let mut children: Vec<(&'static str, String, String, String, serde_json::Value)> = Vec::new();
+    let mut nodes: Vec<NodeState> = rows.nodes.into_values().collect();
+    nodes.sort_by(|a, b| a.process_node_id.cmp(&b.process_node_id));
+    for mut row in nodes {
+        plan.revision += 1;
+        (row.revision, row.change_time) = (plan.revision, now);
+        children.push((
+            "node",
+            row.process_node_id.clone(),
+            row.process_id.clone(),
+            row.event_id.clone(),
+            json(&row),
+        ));
+        plan.nodes.insert(row.process_node_id.clone(), row);
+    }
+    let mut tasks: Vec<TaskState> = rows.tasks.into_values().collect();
+    tasks.sort_by(|a, b| a.approver_id.cmp(&b.approver_id));
+    for mut row in tasks {
+        plan.revision += 1;
+        (row.revision, row.change_time) = (plan.revision, now);
+        children.push((
+            "task",
+            row.approver_id.clone(),
+            row.process_id.clone(),
+            row.event_id.clone(),
+            json(&row),
+        ));
+        plan.tasks.insert(row.approver_id.clone(), row);
+    }
+    let mut cc_tasks: Vec<CcState> = rows.cc_tasks.into_values().collect();
+    cc_tasks.sort_by(|a, b| a.approver_id.cmp(&b.approver_id));
+    for mut row in cc_tasks {
+        plan.revision += 1;
+        (row.revision, row.change_time) = (plan.revision, now);
+        children.push((
+            "cc_task",
+            row.approver_id.clone(),
+            row.process_id.clone(),
+            row.event_id.clone(),
+            json(&row),
+        ));
+        plan.cc_tasks.insert(row.approver_id.clone(), row);
+    }
+    let first = plan.revision - children.len() as i64 + 1;
+    for (revision, (entity, entity_id, process_id, event_id, state)) in (first..).zip(children) {
+        let process = plan.processes.get(&process_id);
+        let status = process
+            .and_then(|p| p.status)
+            .or_else(|| previous.get(&process_id).copied().flatten());
+        plan.changes.push(ChangeRow {
+            revision,
+            entity,
+            entity_id,
+            process_id,
+            event_id,
+            state,
+            change_time: now,
+            process_status: status,
+            previous_process_status: status,
+            process_biz_type: process.and_then(|p| p.biz_type.clone()),
+            process_flow_definition_id: process.and_then(|p| p.flow_definition_id.clone()),
+        });
+    }
+    plan
+}
+
 /// The plan's and the batch's rows of one table.
 type RowMaps<T> = for<'a> fn(
     &'a mut Plan,

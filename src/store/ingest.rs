@@ -63,3 +63,20 @@ pub(super) async fn ingest(
     tx.commit().await?;
     Ok(plan.outcomes)
 }
+
+/// Stores `rows` as they are under new revisions, in the one transaction `tx` (`rebuild
+/// --apply`); returns the last revision. `previous` holds the stored process statuses.
+pub(super) async fn restate(
+    mut tx: impl IngestTx,
+    rows: Current,
+    previous: &std::collections::HashMap<String, Option<i32>>,
+) -> Result<i64, StoreError> {
+    // An empty batch: the counter and the transaction time, nothing inserted.
+    let read = tx.insert_and_read(&[], &[], &Touched::default()).await?;
+    let plan = fold::restate(rows, previous, read.revision, read.now);
+    if plan.revision != read.revision {
+        tx.write(&plan).await?;
+    }
+    tx.commit().await?;
+    Ok(plan.revision)
+}

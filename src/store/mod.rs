@@ -263,6 +263,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// A doorbell for new changes.
     async fn doorbell(&self) -> Result<Box<dyn Doorbell>, StoreError>;
 
+    /// Stores `rows` as they are, each entity under a new revision with its change row, in one
+    /// transaction (`rebuild --apply`); returns the last revision.
+    async fn restate(
+        &self,
+        rows: rebuild::Rows,
+        previous: &std::collections::HashMap<String, Option<i32>>,
+    ) -> Result<i64, StoreError>;
+
     /// Up to `limit` inbox events after `after` in `(create_time, event_id)` order: the order
     /// `rebuild` folds them in.
     async fn inbox_page(

@@ -1,7 +1,9 @@
-//! `process-state rebuild --verify`: the inbox is the source of truth. Every stored event is
-//! folded again, in `(create_time, event_id)` order, with the ingest algorithm's own fold; the
-//! result is compared with the stored state, entity by entity (values, not the change times
-//! and revisions of how they got there). Nothing is written.
+//! `process-state rebuild`: the inbox is the source of truth. Every stored event is folded
+//! again, in `(create_time, event_id)` order, with the ingest algorithm's own fold; the result
+//! is compared with the stored state, entity by entity (values, not the change times and
+//! revisions of how they got there). `--verify` writes nothing; `--apply` stores exactly the
+//! differing entities as the fold has them, each under a new revision with its change row, so
+//! watchers and caches see the repair and revisions never go backwards.
 
 use super::fold::{self, Current};
 use super::{PageRequest, ProcessFilter, Store, StoreError, StoredEvent};
@@ -24,12 +26,41 @@ pub struct Difference {
     pub folded: Option<String>,
 }
 
+/// Rows to store as they are (`Store::restate`).
+#[derive(Debug, Default)]
+pub struct Rows(pub(in crate::store) Current);
+
+/// What `verify` found, and what `apply` would write.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub differences: Vec<Difference>,
+    /// The folded rows of the differing entities the fold knows.
+    repair: Current,
+    /// The stored status of every process, for the repair's change rows.
+    previous: std::collections::HashMap<String, Option<i32>>,
+}
+
+impl Report {
+    /// Entities `apply` would write (a stored entity no event names cannot be restated).
+    pub fn repairable(&self) -> usize {
+        self.repair.processes.len()
+            + self.repair.nodes.len()
+            + self.repair.tasks.len()
+            + self.repair.cc_tasks.len()
+    }
+}
+
+/// Writes the repairable differences as new revisions; returns the last revision.
+pub async fn apply(store: &dyn Store, report: Report) -> Result<i64, StoreError> {
+    store.restate(Rows(report.repair), &report.previous).await
+}
+
 /// Folds the whole inbox and returns the entities whose stored state differs; `progress` is
 /// told how many events each step folded.
 pub async fn verify(
     store: &dyn Store,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<Vec<Difference>, StoreError> {
+) -> Result<Report, StoreError> {
     let mut current = Current::default();
     let mut after = (i64::MIN, String::new());
     loop {
@@ -48,6 +79,12 @@ pub async fn verify(
         progress(page.len() as u64);
     }
 
+    let rows = Current {
+        processes: current.processes.clone(),
+        nodes: current.nodes.clone(),
+        tasks: current.tasks.clone(),
+        cc_tasks: current.cc_tasks.clone(),
+    };
     let mut folded: BTreeMap<String, ProcessDetail> = BTreeMap::new();
     for (id, row) in current.processes {
         folded.insert(
@@ -106,15 +143,42 @@ pub async fn verify(
             folded: Some("a child of no process".into()),
         })
         .collect();
+    let mut previous = std::collections::HashMap::new();
     for id in ids {
         let (stored, _) = store.get_process(&id).await?;
+        if let Some(s) = &stored {
+            previous.insert(id.clone(), s.process.status.map(|s| s.0));
+        }
         differences.extend(compare(
             &id,
             stored.map(comparable),
             folded.remove(&id).map(comparable),
         ));
     }
-    Ok(differences)
+    let mut repair = Current::default();
+    for d in &differences {
+        match d.entity {
+            "process" => move_row(&rows.processes, &mut repair.processes, &d.id),
+            "node" => move_row(&rows.nodes, &mut repair.nodes, &d.id),
+            "task" => move_row(&rows.tasks, &mut repair.tasks, &d.id),
+            _ => move_row(&rows.cc_tasks, &mut repair.cc_tasks, &d.id),
+        }
+    }
+    Ok(Report {
+        differences,
+        repair,
+        previous,
+    })
+}
+
+fn move_row<T: Clone>(
+    from: &std::collections::HashMap<String, T>,
+    to: &mut std::collections::HashMap<String, T>,
+    id: &str,
+) {
+    if let Some(row) = from.get(id) {
+        to.insert(id.to_owned(), row.clone());
+    }
 }
 
 /// A stored event as the ingest path would have produced it (`None`: not an event at all).

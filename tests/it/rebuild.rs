@@ -20,9 +20,9 @@ fn url(db: &TestDb) -> String {
     }
 }
 
-fn verify(db: &TestDb) -> (bool, String) {
+fn rebuild(db: &TestDb, mode: &str) -> (bool, String) {
     let output = Command::new(BIN)
-        .args(["rebuild", "--verify", "--database-url", &url(db)])
+        .args(["rebuild", mode, "--database-url", &url(db)])
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
@@ -56,7 +56,7 @@ crate::on_both_stores! {
         }
         app.stop().await;
 
-        let (ok, out) = verify(&db);
+        let (ok, out) = rebuild(&db, "--verify");
         assert!(ok, "{out}");
         assert!(out.contains("0 entities differ"), "{out}");
 
@@ -71,8 +71,43 @@ crate::on_both_stores! {
                 sqlx::query(TAMPER).execute(&db.pool().await).await.unwrap();
             }
         }
-        let (ok, out) = verify(&db);
+        let (ok, out) = rebuild(&db, "--verify");
         assert!(!ok, "{out}");
         assert!(out.contains("1 entities differ") && out.contains("TaskStatus(99)"), "{out}");
+
+        // --apply writes it back as the fold has it, under one new revision with its change.
+        let before = db.counts().await;
+        let (ok, out) = rebuild(&db, "--apply");
+        assert!(ok, "{out}");
+        let after = db.counts().await;
+        assert_eq!((after.1, after.2), (before.1 + 1, before.2 + 1), "{out}");
+        assert!(out.contains(&format!("through revision {}", before.2 + 1)), "{out}");
+        let (ok, out) = rebuild(&db, "--verify");
+        assert!(ok && out.contains("0 entities differ"), "{out}");
+
+        // The service serves the repair, and a watcher resuming before it sees it.
+        let app = TestApp::spawn(config(&db)).await;
+        let mut stream = app
+            .api()
+            .await
+            .watch_processes(process_state::api::pb::WatchProcessesRequest {
+                start_revision: Some(before.2),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let event = loop {
+            let m = stream.message().await.unwrap().unwrap().event.unwrap();
+            if m.revision == before.2 + 1 {
+                break m;
+            }
+        };
+        let Some(process_state::api::pb::watch_event::Kind::Change(change)) = event.kind else {
+            panic!("a change: {event:?}");
+        };
+        let task = change.task.expect("the repaired task");
+        assert_ne!(task.status, 99);
+        app.stop().await;
     }
 }

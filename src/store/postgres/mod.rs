@@ -228,6 +228,15 @@ impl Store for PgStore {
         changes::prune(&self.write_pool, retention).await
     }
 
+    async fn restate(
+        &self,
+        rows: crate::store::rebuild::Rows,
+        previous: &std::collections::HashMap<String, Option<i32>>,
+    ) -> Result<i64, StoreError> {
+        let tx = ingest::PgIngest::begin(&self.write_pool).await?;
+        crate::store::ingest::restate(tx, rows.0, previous).await
+    }
+
     async fn inbox_page(
         &self,
         after: &(i64, String),

@@ -185,6 +185,15 @@ impl Store for SqliteStore {
         read::prune(&self.writer, retention).await
     }
 
+    async fn restate(
+        &self,
+        rows: crate::store::rebuild::Rows,
+        previous: &std::collections::HashMap<String, Option<i32>>,
+    ) -> Result<i64, StoreError> {
+        let tx = ingest::SqliteIngest::begin(&self.writer, self.bell.clone()).await?;
+        crate::store::ingest::restate(tx, rows.0, previous).await
+    }
+
     async fn inbox_page(
         &self,
         after: &(i64, String),
