@@ -132,7 +132,12 @@ async fn rebuild(args: process_state::config::RebuildArgs) -> anyhow::Result<boo
         indicatif::ProgressStyle::with_template("{spinner} {pos} events folded, {per_sec}")
             .expect("a valid template"),
     );
-    let report = process_state::store::rebuild::verify(store.as_ref(), &|n| bar.inc(n)).await?;
+    let report = process_state::store::rebuild::verify(
+        store.as_ref(),
+        &process_state::ingest::from_inbox,
+        &|n| bar.inc(n),
+    )
+    .await?;
     bar.finish_and_clear();
     for d in &report.differences {
         println!(

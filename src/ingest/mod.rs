@@ -6,5 +6,5 @@ mod gather;
 mod normalize;
 mod writer;
 
-pub use normalize::{event_types, normalize};
+pub use normalize::{event_types, from_inbox, normalize};
 pub use writer::{Announced, Ingest, IngestError, WriterConfig};

@@ -23,6 +23,20 @@ pub mod event_types {
 /// An event without an id gets one derived from its content (`sha256:` + hex of the JSON), so
 /// identical redeliveries still dedupe. An event that lacks the id of the entity it is about
 /// is kept with no update: there is nothing it could be applied to.
+/// An inbox event as ingest made it when it arrived (`rebuild`); `None` for what is not an
+/// event (nothing such is stored).
+pub fn from_inbox(stored: &crate::store::StoredEvent) -> Option<Event> {
+    let json = serde_json::from_str(&stored.payload).ok()?;
+    let source = match stored.source.as_str() {
+        "long_connection" => EventSource::LongConnection,
+        _ => EventSource::Webhook,
+    };
+    match crate::feishu::envelope::payload(json).ok()? {
+        crate::feishu::envelope::Payload::Event(envelope) => Some(normalize(envelope, source)),
+        crate::feishu::envelope::Payload::Challenge { .. } => None,
+    }
+}
+
 pub fn normalize(envelope: Envelope, source: EventSource) -> Event {
     let event_type = envelope.event_type.clone().unwrap_or_default();
     let update = update_for(&event_type, envelope.event());

@@ -4,6 +4,7 @@
 //! Postgres dialect's own ingest write, so they are stored exactly as ingest stores them, and
 //! watchers resume on Postgres from the revisions they had.
 
+use super::changes::LoggedChange;
 use super::fold::{ChangeRow, Plan};
 use super::ingest::IngestTx;
 use super::rows::{CcState, NodeState, ProcessState, TaskState};
@@ -133,8 +134,11 @@ pub async fn sqlite_to_postgres(
 
     let mut after = (0i64, String::new(), String::new());
     loop {
-        let page: Vec<LoggedRow> = sqlx::query_as(
-            "select * from changes where (revision, entity, entity_id) > (?, ?, ?)
+        let page: Vec<LoggedChange> = sqlx::query_as(
+            "select revision, entity, entity_id, process_id, event_id, state, change_time,
+                    process_status, previous_process_status, process_biz_type,
+                    process_flow_definition_id
+             from changes where (revision, entity, entity_id) > (?, ?, ?)
              order by revision, entity, entity_id limit ?",
         )
         .bind(after.0)
@@ -219,23 +223,7 @@ pub(super) struct InboxRow {
     pub received_at: DateTime<Utc>,
 }
 
-/// A change-log row as SQLite stores it.
-#[derive(Debug, sqlx::FromRow)]
-struct LoggedRow {
-    revision: i64,
-    entity: String,
-    entity_id: String,
-    process_id: String,
-    event_id: String,
-    state: String,
-    change_time: DateTime<Utc>,
-    process_status: Option<i32>,
-    previous_process_status: Option<i32>,
-    process_biz_type: Option<String>,
-    process_flow_definition_id: Option<String>,
-}
-
-impl LoggedRow {
+impl LoggedChange {
     fn into_change(self) -> Result<ChangeRow, StoreError> {
         let entity = match self.entity.as_str() {
             "process" => "process",
@@ -254,8 +242,7 @@ impl LoggedRow {
             entity_id: self.entity_id,
             process_id: self.process_id,
             event_id: self.event_id,
-            state: serde_json::from_str(&self.state)
-                .map_err(|e| StoreError::Decode(e.to_string()))?,
+            state: self.state,
             change_time: self.change_time,
             process_status: self.process_status,
             previous_process_status: self.previous_process_status,

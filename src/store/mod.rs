@@ -3,6 +3,7 @@
 //! `merge`, `rows`) is written once here; a backend (`postgres`) supplies only its dialect:
 //! pools, statements and doorbell.
 
+mod changes;
 pub mod copy;
 mod fold;
 mod health;

@@ -7,9 +7,7 @@
 
 use super::fold::{self, Current};
 use super::{PageRequest, ProcessFilter, Store, StoreError, StoredEvent};
-use crate::domain::{EventSource, ProcessDetail};
-use crate::feishu::envelope::{Payload, payload};
-use crate::ingest::normalize;
+use crate::domain::{Event, ProcessDetail};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Events folded per step.
@@ -55,10 +53,12 @@ pub async fn apply(store: &dyn Store, report: Report) -> Result<i64, StoreError>
     store.restate(Rows(report.repair), &report.previous).await
 }
 
-/// Folds the whole inbox and returns the entities whose stored state differs; `progress` is
-/// told how many events each step folded.
+/// Folds the whole inbox and returns the entities whose stored state differs. `event` turns a
+/// stored event into what ingest made of it (`ingest::from_inbox`); `progress` is told how
+/// many events each step folded.
 pub async fn verify(
     store: &dyn Store,
+    event: &(dyn Fn(&StoredEvent) -> Option<Event> + Sync),
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<Report, StoreError> {
     let mut current = Current::default();
@@ -178,19 +178,6 @@ fn move_row<T: Clone>(
 ) {
     if let Some(row) = from.get(id) {
         to.insert(id.to_owned(), row.clone());
-    }
-}
-
-/// A stored event as the ingest path would have produced it (`None`: not an event at all).
-fn event(stored: &StoredEvent) -> Option<crate::domain::Event> {
-    let json = serde_json::from_str(&stored.payload).ok()?;
-    let source = match stored.source.as_str() {
-        "long_connection" => EventSource::LongConnection,
-        _ => EventSource::Webhook,
-    };
-    match payload(json).ok()? {
-        Payload::Event(envelope) => Some(normalize(envelope, source)),
-        Payload::Challenge { .. } => None,
     }
 }
 

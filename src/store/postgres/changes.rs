@@ -3,8 +3,9 @@
 
 use super::NOTIFY_CHANNEL;
 use super::read::detail_select;
-use crate::domain::{ChangeSet, ProcessDetail, ProcessStatus};
-use crate::store::rows::{CcState, NodeState, ProcessState, TaskState, decode, decode_detail};
+use crate::domain::ProcessDetail;
+use crate::store::changes::LoggedChange;
+use crate::store::rows::decode_detail;
 use crate::store::{
     ChangeLog, Doorbell, LogBounds, Page, PageRequest, ProcessFilter, Retention, StoreError,
 };
@@ -25,21 +26,42 @@ pub(super) async fn log_bounds(pool: &PgPool) -> Result<LogBounds, StoreError> {
     })
 }
 
-/// A change row (NULLs when there is none) with the counter and the horizon.
-type ChangeRow = (
-    Option<i64>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<Value>,
-    Option<DateTime<Utc>>,
-    Option<i32>,
-    Option<i32>,
-    Option<String>,
-    Option<String>,
-    i64,
-    i64,
-);
+/// A change row (all NULL for the left join's one row when there is none), with the counter
+/// and the horizon of the same snapshot.
+#[derive(sqlx::FromRow)]
+struct PgLogged {
+    revision: Option<i64>,
+    entity: Option<String>,
+    entity_id: Option<String>,
+    process_id: Option<String>,
+    event_id: Option<String>,
+    state: Option<Value>,
+    change_time: Option<DateTime<Utc>>,
+    process_status: Option<i32>,
+    previous_process_status: Option<i32>,
+    process_biz_type: Option<String>,
+    process_flow_definition_id: Option<String>,
+    counter: i64,
+    horizon: i64,
+}
+
+impl PgLogged {
+    fn change(self) -> Option<LoggedChange> {
+        Some(LoggedChange {
+            revision: self.revision?,
+            entity: self.entity?,
+            entity_id: self.entity_id?,
+            process_id: self.process_id?,
+            event_id: self.event_id?,
+            state: self.state?,
+            change_time: self.change_time?,
+            process_status: self.process_status,
+            previous_process_status: self.previous_process_status,
+            process_biz_type: self.process_biz_type,
+            process_flow_definition_id: self.process_flow_definition_id,
+        })
+    }
+}
 
 pub(super) async fn changed_processes(
     pool: &PgPool,
@@ -69,14 +91,15 @@ pub(super) async fn changes_after(
 ) -> Result<ChangeLog, StoreError> {
     // The revisions first (so a revision's rows are never split by the limit), then their
     // rows; the counter and the horizon come from the same snapshot.
-    let rows: Vec<ChangeRow> = sqlx::query_as(
+    let rows: Vec<PgLogged> = sqlx::query_as(
         "with picked as (
            select distinct revision from changes
            where revision > $1 and ($2::text is null or process_id = $2)
            order by revision limit $3)
-         select ch.revision, ch.entity, ch.process_id, ch.event_id, ch.state, ch.change_time,
-                ch.process_status, ch.previous_process_status, ch.process_biz_type,
-                ch.process_flow_definition_id, b.revision, b.pruned_through
+         select ch.revision, ch.entity, ch.entity_id, ch.process_id, ch.event_id, ch.state,
+                ch.change_time, ch.process_status, ch.previous_process_status,
+                ch.process_biz_type, ch.process_flow_definition_id,
+                b.revision as counter, b.pruned_through as horizon
          from (select (select revision from revision_counter) as revision,
                       (select pruned_through from change_log_horizon) as pruned_through) b
          left join (changes ch join picked using (revision)) on true
@@ -87,83 +110,9 @@ pub(super) async fn changes_after(
     .bind(i64::from(limit))
     .fetch_all(pool)
     .await?;
-    let (mut current, mut pruned_through) = (after, 0);
-    let mut sets: Vec<ChangeSet> = Vec::new();
-    for (
-        revision,
-        entity,
-        process_id,
-        event_id,
-        state,
-        change_time,
-        status,
-        previous,
-        biz,
-        flow,
-        counter,
-        horizon,
-    ) in rows
-    {
-        (current, pruned_through) = (counter, horizon);
-        let (
-            Some(revision),
-            Some(entity),
-            Some(process_id),
-            Some(event_id),
-            Some(state),
-            Some(change_time),
-        ) = (revision, entity, process_id, event_id, state, change_time)
-        else {
-            continue; // the left join's empty row: no changes
-        };
-        if sets.last().is_none_or(|s| s.revision != revision) {
-            sets.push(ChangeSet {
-                revision,
-                process_id,
-                event_id,
-                change_time,
-                process: None,
-                node: None,
-                task: None,
-                cc_task: None,
-                process_statuses: Vec::new(),
-                previous_status: None,
-                biz_type: None,
-                flow_definition_id: None,
-            });
-        }
-        let set = sets.last_mut().expect("pushed above");
-        for s in [status, previous].into_iter().flatten().map(ProcessStatus) {
-            if !set.process_statuses.contains(&s) {
-                set.process_statuses.push(s);
-            }
-        }
-        set.biz_type = set.biz_type.take().or(biz);
-        set.flow_definition_id = set.flow_definition_id.take().or(flow);
-        match entity.as_str() {
-            "process" => {
-                set.process = Some(decode::<ProcessState>(state)?.into());
-                set.previous_status = previous.map(ProcessStatus);
-            }
-            "node" => set.node = Some(decode::<NodeState>(state)?.into()),
-            "task" => set.task = Some(decode::<TaskState>(state)?.into()),
-            "cc_task" => set.cc_task = Some(decode::<CcState>(state)?.into()),
-            other => {
-                return Err(StoreError::Decode(format!(
-                    "unknown change entity {other:?}"
-                )));
-            }
-        }
-    }
-    let through = match sets.last() {
-        Some(last) if sets.len() >= limit as usize => last.revision,
-        _ => current,
-    };
-    Ok(ChangeLog {
-        sets,
-        through,
-        pruned_through,
-    })
+    let (current, pruned_through) = rows.first().map_or((after, 0), |r| (r.counter, r.horizon));
+    let changes = rows.into_iter().filter_map(PgLogged::change).collect();
+    crate::store::changes::change_log(changes, limit, current, pruned_through)
 }
 
 /// One page of a collection snapshot, in a short read-only transaction of its own: the

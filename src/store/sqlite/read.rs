@@ -3,12 +3,13 @@
 //! agree, as a single Postgres statement does.
 
 use super::stored_time;
-use crate::domain::{ChangeSet, Process, ProcessDetail, ProcessStatus, Task};
-use crate::store::rows::{CcState, NodeState, ProcessState, TaskState, decode};
+use crate::domain::{Process, ProcessDetail, Task};
+use crate::store::changes::LoggedChange;
+use crate::store::rows::{CcState, NodeState, ProcessState, TaskState};
 use crate::store::{
     ChangeLog, LogBounds, Page, PageRequest, ProcessFilter, Retention, StoreError, TaskFilter,
 };
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 
@@ -223,21 +224,6 @@ pub(super) async fn changed_processes(
     Ok((changed, through))
 }
 
-/// A stored change row.
-#[derive(sqlx::FromRow)]
-struct Logged {
-    revision: i64,
-    entity: String,
-    process_id: String,
-    event_id: String,
-    state: String,
-    change_time: DateTime<Utc>,
-    process_status: Option<i32>,
-    previous_process_status: Option<i32>,
-    process_biz_type: Option<String>,
-    process_flow_definition_id: Option<String>,
-}
-
 pub(super) async fn changes_after(
     pool: &SqlitePool,
     after: i64,
@@ -260,13 +246,14 @@ pub(super) async fn changes_after(
         }
     };
     // The revisions first (so a revision's rows are never split by the limit), then their rows.
-    let rows: Vec<Logged> = sqlx::query_as(
+    let rows: Vec<LoggedChange> = sqlx::query_as(
         "with picked as (
            select distinct revision from changes
            where revision > ?1 and (?2 is null or process_id = ?2)
            order by revision limit ?3)
-         select revision, entity, process_id, event_id, state, change_time, process_status,
-                previous_process_status, process_biz_type, process_flow_definition_id
+         select revision, entity, entity_id, process_id, event_id, state, change_time,
+                process_status, previous_process_status, process_biz_type,
+                process_flow_definition_id
          from changes join picked using (revision)
          order by revision, entity",
     )
@@ -276,62 +263,7 @@ pub(super) async fn changes_after(
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;
-    let mut sets: Vec<ChangeSet> = Vec::new();
-    for row in rows {
-        if sets.last().is_none_or(|s| s.revision != row.revision) {
-            sets.push(ChangeSet {
-                revision: row.revision,
-                process_id: row.process_id.clone(),
-                event_id: row.event_id.clone(),
-                change_time: row.change_time,
-                process: None,
-                node: None,
-                task: None,
-                cc_task: None,
-                process_statuses: Vec::new(),
-                previous_status: None,
-                biz_type: None,
-                flow_definition_id: None,
-            });
-        }
-        let set = sets.last_mut().expect("pushed above");
-        let statuses = [row.process_status, row.previous_process_status];
-        for s in statuses.into_iter().flatten().map(ProcessStatus) {
-            if !set.process_statuses.contains(&s) {
-                set.process_statuses.push(s);
-            }
-        }
-        set.biz_type = set.biz_type.take().or(row.process_biz_type);
-        set.flow_definition_id = set
-            .flow_definition_id
-            .take()
-            .or(row.process_flow_definition_id);
-        let state: serde_json::Value =
-            serde_json::from_str(&row.state).map_err(|e| StoreError::Decode(e.to_string()))?;
-        match row.entity.as_str() {
-            "process" => {
-                set.process = Some(decode::<ProcessState>(state)?.into());
-                set.previous_status = row.previous_process_status.map(ProcessStatus);
-            }
-            "node" => set.node = Some(decode::<NodeState>(state)?.into()),
-            "task" => set.task = Some(decode::<TaskState>(state)?.into()),
-            "cc_task" => set.cc_task = Some(decode::<CcState>(state)?.into()),
-            other => {
-                return Err(StoreError::Decode(format!(
-                    "unknown change entity {other:?}"
-                )));
-            }
-        }
-    }
-    let through = match sets.last() {
-        Some(last) if sets.len() >= limit as usize => last.revision,
-        _ => current,
-    };
-    Ok(ChangeLog {
-        sets,
-        through,
-        pruned_through,
-    })
+    crate::store::changes::change_log(rows, limit, current, pruned_through)
 }
 
 pub(super) async fn prune(pool: &SqlitePool, retention: Retention) -> Result<i64, StoreError> {
