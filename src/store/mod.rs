@@ -4,6 +4,7 @@
 //! pools, statements and doorbell.
 
 mod changes;
+mod columns;
 pub mod copy;
 mod fold;
 mod health;

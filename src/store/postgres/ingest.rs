@@ -6,7 +6,8 @@
 use super::NOTIFY_CHANNEL;
 use crate::domain::Event;
 use crate::store::StoreError;
-use crate::store::fold::{ChangeRow, Current, Plan, Touched};
+use crate::store::columns::{Columns, Value};
+use crate::store::fold::{Current, Plan, Touched};
 use crate::store::ingest::{IngestTx, Read};
 use crate::store::rows::{CcState, NodeState, ProcessState, TaskState};
 use chrono::{DateTime, Utc};
@@ -164,162 +165,133 @@ fn keyed<T: DeserializeOwned>(
     Ok(rows.into_iter().map(|r| (key(&r).clone(), r)).collect())
 }
 
-/// A row's field stamps as the `versions` column's JSON.
-fn versions(v: &crate::store::rows::Versions) -> serde_json::Value {
-    serde_json::to_value(v).expect("versions serialize")
+/// One column of a table's rows, bound as one array parameter.
+enum ColumnArray<'a> {
+    Text(Vec<Option<&'a str>>),
+    Int(Vec<Option<i32>>),
+    BigInt(Vec<Option<i64>>),
+    Time(Vec<DateTime<Utc>>),
+    Json(Vec<serde_json::Value>),
 }
 
-/// Column `f` of every row.
-fn col<R, T>(rows: &[&R], f: impl Fn(&R) -> T) -> Vec<T> {
-    rows.iter().map(|r| f(r)).collect()
+impl<'a> ColumnArray<'a> {
+    fn of(first: &Value<'a>, len: usize) -> Self {
+        match first {
+            Value::Text(_) => Self::Text(Vec::with_capacity(len)),
+            Value::Int(_) => Self::Int(Vec::with_capacity(len)),
+            Value::BigInt(_) => Self::BigInt(Vec::with_capacity(len)),
+            Value::Time(_) => Self::Time(Vec::with_capacity(len)),
+            Value::Json(_) => Self::Json(Vec::with_capacity(len)),
+        }
+    }
+
+    fn push(&mut self, value: Value<'a>) {
+        match (self, value) {
+            (Self::Text(a), Value::Text(v)) => a.push(v),
+            (Self::Int(a), Value::Int(v)) => a.push(v),
+            (Self::BigInt(a), Value::BigInt(v)) => a.push(v),
+            (Self::Time(a), Value::Time(v)) => a.push(v),
+            (Self::Json(a), Value::Json(v)) => a.push(v),
+            _ => unreachable!("a column holds one type"),
+        }
+    }
+
+    fn sql_type(&self) -> &'static str {
+        match self {
+            Self::Text(_) => "text[]",
+            Self::Int(_) => "int4[]",
+            Self::BigInt(_) => "int8[]",
+            Self::Time(_) => "timestamptz[]",
+            Self::Json(_) => "jsonb[]",
+        }
+    }
+
+    fn bind<'q>(
+        self,
+        q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>
+    where
+        'a: 'q,
+    {
+        match self {
+            Self::Text(a) => q.bind(a),
+            Self::Int(a) => q.bind(a),
+            Self::BigInt(a) => q.bind(a),
+            Self::Time(a) => q.bind(a),
+            Self::Json(a) => q.bind(a),
+        }
+    }
+}
+
+/// Appends the CTE writing `rows` (columns from [`Columns`]) as `unnest` arrays to `sql`, and
+/// their arrays to `arrays`; an upsert on the table's key, else a plain insert.
+fn push_rows<'a, R: Columns + 'a>(
+    sql: &mut String,
+    arrays: &mut Vec<ColumnArray<'a>>,
+    rows: impl Iterator<Item = &'a R>,
+) {
+    let rows: Vec<Vec<(&'static str, Value<'a>)>> = rows.map(Columns::columns).collect();
+    let Some(first) = rows.first() else { return };
+    let names: Vec<&str> = first.iter().map(|(name, _)| *name).collect();
+    let mut columns: Vec<ColumnArray<'a>> = first
+        .iter()
+        .map(|(_, v)| ColumnArray::of(v, rows.len()))
+        .collect();
+    for row in rows {
+        for (column, (_, value)) in columns.iter_mut().zip(row) {
+            column.push(value);
+        }
+    }
+    let params: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("${}::{}", arrays.len() + i + 1, c.sql_type()))
+        .collect();
+    sql.push_str(&format!(
+        "w_{table} as (insert into {table} ({names}) select * from unnest({params})",
+        table = R::TABLE,
+        names = names.join(", "),
+        params = params.join(", "),
+    ));
+    if let Some(key) = R::KEY {
+        let set: Vec<String> = names
+            .iter()
+            .filter(|n| **n != key)
+            .map(|n| format!("{n} = excluded.{n}"))
+            .collect();
+        sql.push_str(&format!(
+            " on conflict ({key}) do update set {}",
+            set.join(", ")
+        ));
+    }
+    sql.push_str("), ");
+    arrays.extend(columns);
 }
 
 /// Writes the plan in ONE statement: each table's final rows as one upsert, the change log,
 /// the counter, and the NOTIFY doorbell for watchers (invariant 6: its payload is only the
 /// latest revision).
 async fn write(tx: &mut sqlx::PgConnection, plan: &Plan) -> Result<(), sqlx::Error> {
-    let processes: Vec<&ProcessState> = plan.processes.values().collect();
-    let nodes: Vec<&NodeState> = plan.nodes.values().collect();
-    let tasks: Vec<&TaskState> = plan.tasks.values().collect();
-    let cc_tasks: Vec<&CcState> = plan.cc_tasks.values().collect();
-    let changes: Vec<&ChangeRow> = plan.changes.iter().collect();
-    sqlx::query(
-        "with w_processes as (
-               insert into processes (process_id, status, biz_type, flow_definition_id, properties,
-                                    tenant_key, app_id, event_time, event_id, change_time, revision,
-                                    versions)
-             select * from unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::int4[],
-                                  $6::text[], $7::text[], $8::int8[], $9::text[],
-                                  $10::timestamptz[], $11::int8[], $63::jsonb[])
-             on conflict (process_id) do update set
-               status = excluded.status, biz_type = excluded.biz_type,
-               flow_definition_id = excluded.flow_definition_id, properties = excluded.properties,
-               tenant_key = excluded.tenant_key, app_id = excluded.app_id,
-               event_time = excluded.event_time, event_id = excluded.event_id,
-               change_time = excluded.change_time, revision = excluded.revision,
-               versions = excluded.versions),
-             w_nodes as (
-               insert into nodes (process_node_id, process_id, node_definition_id, flow_definition_id,
-                                node_type, node_status, biz_type, tenant_key, app_id,
-                                event_time, event_id, change_time, revision, versions)
-             select * from unnest($12::text[], $13::text[], $14::text[], $15::text[], $16::int4[],
-                                  $17::int4[], $18::text[], $19::text[], $20::text[], $21::int8[],
-                                  $22::text[], $23::timestamptz[], $24::int8[], $64::jsonb[])
-             on conflict (process_node_id) do update set
-               process_id = excluded.process_id, node_definition_id = excluded.node_definition_id,
-               flow_definition_id = excluded.flow_definition_id, node_type = excluded.node_type,
-               node_status = excluded.node_status, biz_type = excluded.biz_type,
-               tenant_key = excluded.tenant_key, app_id = excluded.app_id,
-               event_time = excluded.event_time, event_id = excluded.event_id,
-               change_time = excluded.change_time, revision = excluded.revision,
-               versions = excluded.versions),
-             w_tasks as (
-               insert into tasks (approver_id, process_id, task_type, status, biz_type,
-                                flow_definition_id, node_definition_id, process_node_id,
-                                tenant_key, app_id, event_time, event_id, change_time, revision,
-                                versions)
-             select * from unnest($25::text[], $26::text[], $27::int4[], $28::int4[], $29::text[],
-                                  $30::text[], $31::text[], $32::text[], $33::text[], $34::text[],
-                                  $35::int8[], $36::text[], $37::timestamptz[], $38::int8[],
-                                  $65::jsonb[])
-             on conflict (approver_id) do update set
-               process_id = excluded.process_id, task_type = excluded.task_type,
-               status = excluded.status, biz_type = excluded.biz_type,
-               flow_definition_id = excluded.flow_definition_id,
-               node_definition_id = excluded.node_definition_id,
-               process_node_id = excluded.process_node_id,
-               tenant_key = excluded.tenant_key, app_id = excluded.app_id,
-               event_time = excluded.event_time, event_id = excluded.event_id,
-               change_time = excluded.change_time, revision = excluded.revision,
-               versions = excluded.versions),
-             w_cc_tasks as (
-               insert into cc_tasks (approver_id, process_id, status, biz_type, tenant_key, app_id,
-                                   event_time, event_id, change_time, revision, versions)
-             select * from unnest($39::text[], $40::text[], $41::int4[], $42::text[], $43::text[],
-                                  $44::text[], $45::int8[], $46::text[], $47::timestamptz[],
-                                  $48::int8[], $66::jsonb[])
-             on conflict (approver_id) do update set
-               process_id = excluded.process_id, status = excluded.status,
-               biz_type = excluded.biz_type, tenant_key = excluded.tenant_key,
-               app_id = excluded.app_id, event_time = excluded.event_time,
-               event_id = excluded.event_id, change_time = excluded.change_time,
-               revision = excluded.revision, versions = excluded.versions),
-             w_changes as (
-               insert into changes (revision, entity, entity_id, process_id, event_id, state,
-                                  change_time, process_status, previous_process_status,
-                                  process_biz_type, process_flow_definition_id)
-             select * from unnest($49::int8[], $50::text[], $51::text[], $52::text[], $53::text[],
-                                  $54::jsonb[], $55::timestamptz[], $56::int4[], $57::int4[],
-                                  $58::text[], $59::text[])),
-             bump as (update revision_counter set revision = $60)
-             select pg_notify($61, $62)",
-    )
-        .bind(col(&processes, |r| r.process_id.clone()))
-        .bind(col(&processes, |r| r.status))
-        .bind(col(&processes, |r| r.biz_type.clone()))
-        .bind(col(&processes, |r| r.flow_definition_id.clone()))
-        .bind(col(&processes, |r| r.properties))
-        .bind(col(&processes, |r| r.tenant_key.clone()))
-        .bind(col(&processes, |r| r.app_id.clone()))
-        .bind(col(&processes, |r| r.event_time))
-        .bind(col(&processes, |r| r.event_id.clone()))
-        .bind(col(&processes, |r| r.change_time))
-        .bind(col(&processes, |r| r.revision))
-        .bind(col(&nodes, |r| r.process_node_id.clone()))
-        .bind(col(&nodes, |r| r.process_id.clone()))
-        .bind(col(&nodes, |r| r.node_definition_id.clone()))
-        .bind(col(&nodes, |r| r.flow_definition_id.clone()))
-        .bind(col(&nodes, |r| r.node_type))
-        .bind(col(&nodes, |r| r.node_status))
-        .bind(col(&nodes, |r| r.biz_type.clone()))
-        .bind(col(&nodes, |r| r.tenant_key.clone()))
-        .bind(col(&nodes, |r| r.app_id.clone()))
-        .bind(col(&nodes, |r| r.event_time))
-        .bind(col(&nodes, |r| r.event_id.clone()))
-        .bind(col(&nodes, |r| r.change_time))
-        .bind(col(&nodes, |r| r.revision))
-        .bind(col(&tasks, |r| r.approver_id.clone()))
-        .bind(col(&tasks, |r| r.process_id.clone()))
-        .bind(col(&tasks, |r| r.task_type))
-        .bind(col(&tasks, |r| r.status))
-        .bind(col(&tasks, |r| r.biz_type.clone()))
-        .bind(col(&tasks, |r| r.flow_definition_id.clone()))
-        .bind(col(&tasks, |r| r.node_definition_id.clone()))
-        .bind(col(&tasks, |r| r.process_node_id.clone()))
-        .bind(col(&tasks, |r| r.tenant_key.clone()))
-        .bind(col(&tasks, |r| r.app_id.clone()))
-        .bind(col(&tasks, |r| r.event_time))
-        .bind(col(&tasks, |r| r.event_id.clone()))
-        .bind(col(&tasks, |r| r.change_time))
-        .bind(col(&tasks, |r| r.revision))
-        .bind(col(&cc_tasks, |r| r.approver_id.clone()))
-        .bind(col(&cc_tasks, |r| r.process_id.clone()))
-        .bind(col(&cc_tasks, |r| r.status))
-        .bind(col(&cc_tasks, |r| r.biz_type.clone()))
-        .bind(col(&cc_tasks, |r| r.tenant_key.clone()))
-        .bind(col(&cc_tasks, |r| r.app_id.clone()))
-        .bind(col(&cc_tasks, |r| r.event_time))
-        .bind(col(&cc_tasks, |r| r.event_id.clone()))
-        .bind(col(&cc_tasks, |r| r.change_time))
-        .bind(col(&cc_tasks, |r| r.revision))
-        .bind(col(&changes, |r| r.revision))
-        .bind(col(&changes, |r| r.entity))
-        .bind(col(&changes, |r| r.entity_id.clone()))
-        .bind(col(&changes, |r| r.process_id.clone()))
-        .bind(col(&changes, |r| r.event_id.clone()))
-        .bind(plan.changes.iter().map(|r| &r.state).collect::<Vec<_>>())
-        .bind(col(&changes, |r| r.change_time))
-        .bind(col(&changes, |r| r.process_status))
-        .bind(col(&changes, |r| r.previous_process_status))
-        .bind(col(&changes, |r| r.process_biz_type.clone()))
-        .bind(col(&changes, |r| r.process_flow_definition_id.clone()))
-        .bind(plan.revision)
+    let (mut sql, mut arrays) = (String::from("with "), Vec::new());
+    push_rows(&mut sql, &mut arrays, plan.processes.values());
+    push_rows(&mut sql, &mut arrays, plan.nodes.values());
+    push_rows(&mut sql, &mut arrays, plan.tasks.values());
+    push_rows(&mut sql, &mut arrays, plan.cc_tasks.values());
+    push_rows(&mut sql, &mut arrays, plan.changes.iter());
+    let n = arrays.len();
+    sql.push_str(&format!(
+        "bump as (update revision_counter set revision = ${}) select pg_notify(${}, ${})",
+        n + 1,
+        n + 2,
+        n + 3
+    ));
+    let mut q = sqlx::query(&sql);
+    for array in arrays {
+        q = array.bind(q);
+    }
+    q.bind(plan.revision)
         .bind(NOTIFY_CHANNEL)
         .bind(plan.revision.to_string())
-        .bind(col(&processes, |r| versions(&r.versions)))
-        .bind(col(&nodes, |r| versions(&r.versions)))
-        .bind(col(&tasks, |r| versions(&r.versions)))
-        .bind(col(&cc_tasks, |r| versions(&r.versions)))
         .execute(&mut *tx)
         .await?;
     Ok(())

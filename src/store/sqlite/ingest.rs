@@ -6,9 +6,10 @@
 use super::stored_time;
 use crate::domain::Event;
 use crate::store::StoreError;
-use crate::store::fold::{ChangeRow, Current, Plan, Touched};
+use crate::store::columns::{Columns, Value};
+use crate::store::fold::{Current, Plan, Touched};
 use crate::store::ingest::{IngestTx, Read};
-use crate::store::rows::{CcState, NodeState, ProcessState, TaskState, Versions};
+use crate::store::rows::{CcState, NodeState, ProcessState, TaskState};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
 use std::collections::HashMap;
@@ -114,99 +115,11 @@ impl IngestTx for SqliteIngest {
 
     async fn write(&mut self, plan: &Plan) -> Result<(), StoreError> {
         let tx = &mut *self.tx;
-        let processes: Vec<&ProcessState> = plan.processes.values().collect();
-        for rows in processes.chunks(ROWS_PER_STATEMENT) {
-            let mut q = upsert("processes", PROCESS_COLUMNS);
-            q.push_values(rows, |mut b, r| {
-                b.push_bind(&r.process_id)
-                    .push_bind(r.status)
-                    .push_bind(&r.biz_type)
-                    .push_bind(&r.flow_definition_id)
-                    .push_bind(r.properties)
-                    .push_bind(&r.tenant_key)
-                    .push_bind(&r.app_id)
-                    .push_bind(r.event_time)
-                    .push_bind(&r.event_id);
-                stamp(&mut b, r.change_time, r.revision, &r.versions);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        let nodes: Vec<&NodeState> = plan.nodes.values().collect();
-        for rows in nodes.chunks(ROWS_PER_STATEMENT) {
-            let mut q = upsert("nodes", NODE_COLUMNS);
-            q.push_values(rows, |mut b, r| {
-                b.push_bind(&r.process_node_id)
-                    .push_bind(&r.process_id)
-                    .push_bind(&r.node_definition_id)
-                    .push_bind(&r.flow_definition_id)
-                    .push_bind(r.node_type)
-                    .push_bind(r.node_status)
-                    .push_bind(&r.biz_type)
-                    .push_bind(&r.tenant_key)
-                    .push_bind(&r.app_id)
-                    .push_bind(r.event_time)
-                    .push_bind(&r.event_id);
-                stamp(&mut b, r.change_time, r.revision, &r.versions);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        let tasks: Vec<&TaskState> = plan.tasks.values().collect();
-        for rows in tasks.chunks(ROWS_PER_STATEMENT) {
-            let mut q = upsert("tasks", TASK_COLUMNS);
-            q.push_values(rows, |mut b, r| {
-                b.push_bind(&r.approver_id)
-                    .push_bind(&r.process_id)
-                    .push_bind(r.task_type)
-                    .push_bind(r.status)
-                    .push_bind(&r.biz_type)
-                    .push_bind(&r.flow_definition_id)
-                    .push_bind(&r.node_definition_id)
-                    .push_bind(&r.process_node_id)
-                    .push_bind(&r.tenant_key)
-                    .push_bind(&r.app_id)
-                    .push_bind(r.event_time)
-                    .push_bind(&r.event_id);
-                stamp(&mut b, r.change_time, r.revision, &r.versions);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        let cc_tasks: Vec<&CcState> = plan.cc_tasks.values().collect();
-        for rows in cc_tasks.chunks(ROWS_PER_STATEMENT) {
-            let mut q = upsert("cc_tasks", CC_COLUMNS);
-            q.push_values(rows, |mut b, r| {
-                b.push_bind(&r.approver_id)
-                    .push_bind(&r.process_id)
-                    .push_bind(r.status)
-                    .push_bind(&r.biz_type)
-                    .push_bind(&r.tenant_key)
-                    .push_bind(&r.app_id)
-                    .push_bind(r.event_time)
-                    .push_bind(&r.event_id);
-                stamp(&mut b, r.change_time, r.revision, &r.versions);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        for rows in plan.changes.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "insert into changes (revision, entity, entity_id, process_id, event_id, state,
-                                      change_time, process_status, previous_process_status,
-                                      process_biz_type, process_flow_definition_id) ",
-            );
-            q.push_values(rows, |mut b, c: &ChangeRow| {
-                b.push_bind(c.revision)
-                    .push_bind(c.entity)
-                    .push_bind(&c.entity_id)
-                    .push_bind(&c.process_id)
-                    .push_bind(&c.event_id)
-                    .push_bind(c.state.to_string())
-                    .push_bind(stored_time(c.change_time))
-                    .push_bind(c.process_status)
-                    .push_bind(c.previous_process_status)
-                    .push_bind(&c.process_biz_type)
-                    .push_bind(&c.process_flow_definition_id);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
+        write_rows(tx, plan.processes.values()).await?;
+        write_rows(tx, plan.nodes.values()).await?;
+        write_rows(tx, plan.tasks.values()).await?;
+        write_rows(tx, plan.cc_tasks.values()).await?;
+        write_rows(tx, plan.changes.iter()).await?;
         sqlx::query("update revision_counter set revision = ?")
             .bind(plan.revision)
             .execute(&mut *tx)
@@ -224,29 +137,42 @@ impl IngestTx for SqliteIngest {
     }
 }
 
-const PROCESS_COLUMNS: &str = "process_id, status, biz_type, flow_definition_id, properties, tenant_key, app_id, event_time, event_id, change_time, revision, versions";
-const NODE_COLUMNS: &str = "process_node_id, process_id, node_definition_id, flow_definition_id, node_type, node_status, biz_type, tenant_key, app_id, event_time, event_id, change_time, revision, versions";
-const TASK_COLUMNS: &str = "approver_id, process_id, task_type, status, biz_type, flow_definition_id, node_definition_id, process_node_id, tenant_key, app_id, event_time, event_id, change_time, revision, versions";
-const CC_COLUMNS: &str = "approver_id, process_id, status, biz_type, tenant_key, app_id, event_time, event_id, change_time, revision, versions";
-
 /// Rows per multi-row statement: well under SQLite's 32,766 bound parameters at 15 columns.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// `insert or replace` of whole rows: every column comes from the plan.
-fn upsert<'a>(table: &str, columns: &str) -> QueryBuilder<'a, Sqlite> {
-    QueryBuilder::new(format!("insert or replace into {table} ({columns}) "))
-}
-
-/// The three columns every row ends with.
-fn stamp<'a>(
-    b: &mut sqlx::query_builder::Separated<'_, 'a, Sqlite, &'static str>,
-    change_time: chrono::DateTime<chrono::Utc>,
-    revision: i64,
-    versions: &Versions,
-) {
-    b.push_bind(stored_time(change_time))
-        .push_bind(revision)
-        .push_bind(serde_json::to_string(versions).expect("versions serialize"));
+/// Writes `rows` whole (columns from [`Columns`]), in multi-row statements: `insert or
+/// replace` on a table with a key (every column comes from the plan), else `insert`.
+async fn write_rows<'a, R: Columns + 'a>(
+    tx: &mut sqlx::SqliteConnection,
+    rows: impl Iterator<Item = &'a R>,
+) -> Result<(), sqlx::Error> {
+    let rows: Vec<Vec<(&'static str, Value<'a>)>> = rows.map(Columns::columns).collect();
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let names: Vec<&str> = chunk[0].iter().map(|(name, _)| *name).collect();
+        let verb = if R::KEY.is_some() {
+            "insert or replace"
+        } else {
+            "insert"
+        };
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "{verb} into {} ({}) ",
+            R::TABLE,
+            names.join(", ")
+        ));
+        q.push_values(chunk, |mut b, row| {
+            for (_, value) in row {
+                match value {
+                    Value::Text(v) => b.push_bind(*v),
+                    Value::Int(v) => b.push_bind(*v),
+                    Value::BigInt(v) => b.push_bind(*v),
+                    Value::Time(t) => b.push_bind(stored_time(*t)),
+                    Value::Json(j) => b.push_bind(j.to_string()),
+                };
+            }
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    Ok(())
 }
 
 /// The stored rows of `table` whose `key` is one of `ids`, by key.
