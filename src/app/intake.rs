@@ -95,8 +95,14 @@ impl Intake {
     }
 
     /// Ends what is still running there (everything was drained or cut before this).
-    pub fn stop(self) {
-        if let Some(runtime) = self.0 {
+    pub fn stop(self) {}
+}
+
+impl Drop for Intake {
+    /// Without waiting: a runtime dropped the usual way blocks, which an async context (where
+    /// `run` ends, or is dropped when its caller gives up on it) must not.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
         }
     }
