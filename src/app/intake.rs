@@ -93,9 +93,6 @@ impl Intake {
             .as_ref()
             .map_or_else(tokio::runtime::Handle::current, |r| r.handle().clone())
     }
-
-    /// Ends what is still running there (everything was drained or cut before this).
-    pub fn stop(self) {}
 }
 
 impl Drop for Intake {

@@ -342,7 +342,8 @@ async fn drain(intake: intake::Running, jobs: Vec<JoinHandle<()>>, config: &Conf
             "the ingest writer was still committing; the events it had not committed were never acknowledged, so Feishu redelivers them"
         );
     }
-    runtime.stop();
+    // Ends what still runs there (everything was drained or cut before this).
+    drop(runtime);
 }
 
 /// Prunes the change log every `interval` until shutdown. Any replica may prune; the store

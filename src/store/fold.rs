@@ -125,7 +125,7 @@ pub(super) fn restate(
     processes.sort_by(|a, b| a.process_id.cmp(&b.process_id));
     for mut row in processes {
         plan.revision += 1;
-        (row.revision, row.change_time) = (plan.revision, now);
+        row.keep(plan.revision, now);
         plan.changes.push(ChangeRow {
             revision: plan.revision,
             entity: "process",
@@ -141,70 +141,71 @@ pub(super) fn restate(
         });
         plan.processes.insert(row.process_id.clone(), row);
     }
-    let mut children: Vec<(&'static str, String, String, String, serde_json::Value)> = Vec::new();
-    let mut nodes: Vec<NodeState> = rows.nodes.into_values().collect();
-    nodes.sort_by(|a, b| a.process_node_id.cmp(&b.process_node_id));
-    for mut row in nodes {
+    restate_children(
+        &mut plan,
+        rows.nodes,
+        "node",
+        |r| (&r.process_id, &r.event_id),
+        |p| &mut p.nodes,
+        previous,
+        now,
+    );
+    restate_children(
+        &mut plan,
+        rows.tasks,
+        "task",
+        |r| (&r.process_id, &r.event_id),
+        |p| &mut p.tasks,
+        previous,
+        now,
+    );
+    restate_children(
+        &mut plan,
+        rows.cc_tasks,
+        "cc_task",
+        |r| (&r.process_id, &r.event_id),
+        |p| &mut p.cc_tasks,
+        previous,
+        now,
+    );
+    plan
+}
+
+/// One child table of [`restate`], in id order; the plan already holds the repaired processes.
+fn restate_children<T: Serialize + Kept>(
+    plan: &mut Plan,
+    rows: HashMap<String, T>,
+    entity: &'static str,
+    ids: fn(&T) -> (&String, &String),
+    table: fn(&mut Plan) -> &mut HashMap<String, T>,
+    previous: &HashMap<String, Option<i32>>,
+    now: DateTime<Utc>,
+) {
+    let mut rows: Vec<(String, T)> = rows.into_iter().collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    for (entity_id, mut row) in rows {
         plan.revision += 1;
-        (row.revision, row.change_time) = (plan.revision, now);
-        children.push((
-            "node",
-            row.process_node_id.clone(),
-            row.process_id.clone(),
-            row.event_id.clone(),
-            json(&row),
-        ));
-        plan.nodes.insert(row.process_node_id.clone(), row);
-    }
-    let mut tasks: Vec<TaskState> = rows.tasks.into_values().collect();
-    tasks.sort_by(|a, b| a.approver_id.cmp(&b.approver_id));
-    for mut row in tasks {
-        plan.revision += 1;
-        (row.revision, row.change_time) = (plan.revision, now);
-        children.push((
-            "task",
-            row.approver_id.clone(),
-            row.process_id.clone(),
-            row.event_id.clone(),
-            json(&row),
-        ));
-        plan.tasks.insert(row.approver_id.clone(), row);
-    }
-    let mut cc_tasks: Vec<CcState> = rows.cc_tasks.into_values().collect();
-    cc_tasks.sort_by(|a, b| a.approver_id.cmp(&b.approver_id));
-    for mut row in cc_tasks {
-        plan.revision += 1;
-        (row.revision, row.change_time) = (plan.revision, now);
-        children.push((
-            "cc_task",
-            row.approver_id.clone(),
-            row.process_id.clone(),
-            row.event_id.clone(),
-            json(&row),
-        ));
-        plan.cc_tasks.insert(row.approver_id.clone(), row);
-    }
-    let first = plan.revision - children.len() as i64 + 1;
-    for (revision, (entity, entity_id, process_id, event_id, state)) in (first..).zip(children) {
-        let process = plan.processes.get(&process_id);
+        row.keep(plan.revision, now);
+        let (process_id, event_id) = ids(&row);
+        let process = plan.processes.get(process_id);
         let status = process
             .and_then(|p| p.status)
-            .or_else(|| previous.get(&process_id).copied().flatten());
+            .or_else(|| previous.get(process_id).copied().flatten());
         plan.changes.push(ChangeRow {
-            revision,
+            revision: plan.revision,
             entity,
-            entity_id,
-            process_id,
-            event_id,
-            state,
+            entity_id: entity_id.clone(),
+            process_id: process_id.clone(),
+            event_id: event_id.clone(),
+            state: json(&row),
             change_time: now,
             process_status: status,
             previous_process_status: status,
             process_biz_type: process.and_then(|p| p.biz_type.clone()),
             process_flow_definition_id: process.and_then(|p| p.flow_definition_id.clone()),
         });
+        table(plan).insert(entity_id, row);
     }
-    plan
 }
 
 /// The plan's and the batch's rows of one table.

@@ -107,7 +107,7 @@ fn transient(code: &str) -> bool {
 }
 
 /// An event as the inbox keeps it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StoredEvent {
     pub create_time: i64,
     pub event_id: String,

@@ -7,14 +7,6 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_process-state");
 
-fn database_url(db: &TestDb) -> String {
-    format!(
-        "{}/{}",
-        crate::common::admin_url().rsplit_once('/').unwrap().0,
-        db.name
-    )
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -137,7 +129,7 @@ async fn migrate_then_serve_then_sigterm() {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
-    let url = database_url(&db);
+    let url = db.url();
     let status = Command::new(BIN)
         .args(["migrate", "--database-url", &url])
         .status()

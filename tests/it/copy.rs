@@ -6,19 +6,10 @@ use crate::common::{Backend, TestApp, TestDb, VERIFICATION_TOKEN, config, counts
 use process_state::api::pb::{self, GetProcessRequest, WatchProcessesRequest};
 use process_state::simulate::scenario::{Tenant, process_events};
 use rand::{SeedableRng, rngs::StdRng};
-use sqlx::Connection;
 use std::process::Command;
 use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_process-state");
-
-fn pg_url(db: &TestDb) -> String {
-    format!(
-        "{}/{}",
-        crate::common::admin_url().rsplit_once('/').unwrap().0,
-        db.name
-    )
-}
 
 /// Every inbox row and every change-log row, as text, in key order.
 async fn rows(db: &TestDb) -> Vec<String> {
@@ -26,9 +17,8 @@ async fn rows(db: &TestDb) -> Vec<String> {
     const CHANGES: &str = "select revision || '|' || entity || '|' || entity_id || '|' || event_id from changes order by revision, entity, entity_id";
     let (mut inbox, mut changes): (Vec<String>, Vec<String>);
     match &db.dir {
-        Some(dir) => {
-            let url = format!("sqlite://{}?mode=ro", dir.join("state.db").display());
-            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        Some(_) => {
+            let mut conn = db.sqlite_reader().await;
             inbox = sqlx::query_scalar(INBOX)
                 .fetch_all(&mut conn)
                 .await
@@ -141,11 +131,8 @@ async fn a_copied_store_answers_the_same_and_watchers_resume_on_it() {
     let postgres = TestDb::on(Backend::Postgres).await;
     let output = Command::new(BIN)
         .args(["copy", "--from"])
-        .arg(format!(
-            "sqlite://{}",
-            sqlite.dir.as_ref().unwrap().join("state.db").display()
-        ))
-        .args(["--to", &pg_url(&postgres)])
+        .arg(sqlite.url())
+        .args(["--to", &postgres.url()])
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
@@ -170,11 +157,8 @@ async fn a_copied_store_answers_the_same_and_watchers_resume_on_it() {
     // A second copy into the now non-empty database is refused.
     let again = Command::new(BIN)
         .args(["copy", "--from"])
-        .arg(format!(
-            "sqlite://{}",
-            sqlite.dir.as_ref().unwrap().join("state.db").display()
-        ))
-        .args(["--to", &pg_url(&postgres)])
+        .arg(sqlite.url())
+        .args(["--to", &postgres.url()])
         .output()
         .unwrap();
     assert!(!again.status.success());

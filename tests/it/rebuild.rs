@@ -9,20 +9,9 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_process-state");
 
-fn url(db: &TestDb) -> String {
-    match &db.dir {
-        Some(dir) => format!("sqlite://{}", dir.join("state.db").display()),
-        None => format!(
-            "{}/{}",
-            crate::common::admin_url().rsplit_once('/').unwrap().0,
-            db.name
-        ),
-    }
-}
-
 fn rebuild(db: &TestDb, mode: &str) -> (bool, String) {
     let output = Command::new(BIN)
-        .args(["rebuild", mode, "--database-url", &url(db)])
+        .args(["rebuild", mode, "--database-url", &db.url()])
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
@@ -64,7 +53,7 @@ crate::on_both_stores! {
         const TAMPER: &str = "update tasks set status = 99 where approver_id = (select min(approver_id) from tasks)";
         match backend {
             Backend::Sqlite => {
-                let mut conn = sqlx::SqliteConnection::connect(&url(&db)).await.unwrap();
+                let mut conn = sqlx::SqliteConnection::connect(&db.url()).await.unwrap();
                 sqlx::query(TAMPER).execute(&mut conn).await.unwrap();
             }
             Backend::Postgres => {

@@ -242,26 +242,15 @@ impl Store for PgStore {
         after: &(i64, String),
         limit: u32,
     ) -> Result<Vec<super::StoredEvent>, StoreError> {
-        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
-            "select create_time, event_id, source, payload::text from inbox
+        Ok(sqlx::query_as(
+            "select create_time, event_id, source, payload::text as payload from inbox
              where (create_time, event_id) > ($1, $2) order by create_time, event_id limit $3",
         )
         .bind(after.0)
         .bind(&after.1)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(create_time, event_id, source, payload)| super::StoredEvent {
-                    create_time,
-                    event_id,
-                    source,
-                    payload,
-                },
-            )
-            .collect())
+        .await?)
     }
 
     async fn doorbell(&self) -> Result<Box<dyn Doorbell>, StoreError> {

@@ -204,7 +204,7 @@ impl Store for SqliteStore {
         after: &(i64, String),
         limit: u32,
     ) -> Result<Vec<super::StoredEvent>, StoreError> {
-        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+        Ok(sqlx::query_as(
             "select create_time, event_id, source, payload from inbox
              where (create_time, event_id) > (?, ?) order by create_time, event_id limit ?",
         )
@@ -212,18 +212,7 @@ impl Store for SqliteStore {
         .bind(&after.1)
         .bind(i64::from(limit))
         .fetch_all(&self.reads)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(create_time, event_id, source, payload)| super::StoredEvent {
-                    create_time,
-                    event_id,
-                    source,
-                    payload,
-                },
-            )
-            .collect())
+        .await?)
     }
 
     async fn doorbell(&self) -> Result<Box<dyn Doorbell>, StoreError> {

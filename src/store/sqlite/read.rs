@@ -196,10 +196,14 @@ pub(super) async fn snapshot_page(
 }
 
 pub(super) async fn log_bounds(pool: &SqlitePool) -> Result<LogBounds, StoreError> {
+    Ok(bounds(&mut *pool.acquire().await?).await?)
+}
+
+async fn bounds(conn: &mut SqliteConnection) -> Result<LogBounds, sqlx::Error> {
     let (current, pruned_through): (i64, i64) = sqlx::query_as(
         "select c.revision, h.pruned_through from revision_counter c, change_log_horizon h",
     )
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await?;
     Ok(LogBounds {
         pruned_through,
@@ -234,17 +238,7 @@ pub(super) async fn changes_after(
     let LogBounds {
         current,
         pruned_through,
-    } = {
-        let (current, pruned_through): (i64, i64) = sqlx::query_as(
-            "select c.revision, h.pruned_through from revision_counter c, change_log_horizon h",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        LogBounds {
-            current,
-            pruned_through,
-        }
-    };
+    } = bounds(&mut tx).await?;
     // The revisions first (so a revision's rows are never split by the limit), then their rows.
     let rows: Vec<LoggedChange> = sqlx::query_as(
         "with picked as (

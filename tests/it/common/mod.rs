@@ -180,6 +180,22 @@ impl TestDb {
         }
     }
 
+    /// The database's URL, as `DATABASE_URL` or `--database-url` take it.
+    pub fn url(&self) -> String {
+        match &self.dir {
+            Some(dir) => format!("sqlite://{}", dir.join("state.db").display()),
+            None => format!("{}/{}", admin_url().rsplit_once('/').unwrap().0, self.name),
+        }
+    }
+
+    /// A read-only connection of our own to the SQLite file, for assertions.
+    pub async fn sqlite_reader(&self) -> sqlx::SqliteConnection {
+        assert!(self.dir.is_some(), "a SQLite test database");
+        sqlx::SqliteConnection::connect(&format!("{}?mode=ro", self.url()))
+            .await
+            .unwrap()
+    }
+
     /// The stored (inbox rows, change rows, revision), on either store.
     pub async fn counts(&self) -> (i64, i64, i64) {
         let c = counts(self).await;
@@ -189,9 +205,8 @@ impl TestDb {
     /// The revisions of the change log that touched `process_id`, in order.
     pub async fn revisions_of(&self, process_id: &str) -> Vec<i64> {
         match &self.dir {
-            Some(dir) => {
-                let url = format!("sqlite://{}?mode=ro", dir.join("state.db").display());
-                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            Some(_) => {
+                let mut conn = self.sqlite_reader().await;
                 sqlx::query_scalar(
                     "select distinct revision from changes where process_id = ? order by 1",
                 )
@@ -378,9 +393,8 @@ pub async fn counts(db: &TestDb) -> Counts {
                 (select count(*) from cc_tasks), (select count(*) from changes),
                 (select revision from revision_counter)";
     let (inbox, processes, nodes, tasks, cc_tasks, changes, revision) = match &db.dir {
-        Some(dir) => {
-            let url = format!("sqlite://{}?mode=ro", dir.join("state.db").display());
-            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        Some(_) => {
+            let mut conn = db.sqlite_reader().await;
             sqlx::query_as(SQL).fetch_one(&mut conn).await.unwrap()
         }
         None => sqlx::query_as(SQL)
