@@ -234,7 +234,16 @@ fn serve_defaults_to_an_embedded_store_that_one_process_holds() {
     ready(http);
     assert!(dir.join("process-state.db").exists());
 
-    let second = serve(free_port(), free_port()).output().unwrap();
+    let mut second = serve(free_port(), free_port()).spawn().unwrap();
+    let started = Instant::now();
+    while second.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(20) {
+            second.kill().unwrap();
+            panic!("a second serve on the same file kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = second.wait_with_output().unwrap();
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
