@@ -4,7 +4,7 @@
 //! change-log insert numbered by a bigserial, which gives up commit order).
 
 use super::percentile;
-use super::replica::{BenchDb, Replica};
+use super::replica::{BenchDb, Replica, Stores};
 use crate::feishu::crypto::EncryptKey;
 use crate::simulate::feishu_delivery;
 use crate::simulate::scenario::{Tenant, process_events};
@@ -34,40 +34,23 @@ pub struct IngestArgs {
     pub store: Stores,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Stores {
-    Sqlite,
-    Postgres,
-    Both,
-}
-
 /// One prepared delivery: body and X-Lark-* headers.
 type Delivery = (Vec<u8>, Vec<(&'static str, String)>);
 
 pub async fn run(admin: &str, args: IngestArgs) -> anyhow::Result<()> {
-    let sqlite = if args.store == Stores::Postgres {
-        None
-    } else {
-        let dir = std::env::temp_dir().join(format!("ps_bench_{:08x}", rand::random::<u32>()));
-        std::fs::create_dir_all(&dir)?;
-        let url = format!("sqlite://{}", dir.join("bench.db").display());
-        println!("on SQLite (synchronous=FULL, {}):", dir.display());
-        let rate = run_ours(&url, &args).await;
-        let _ = std::fs::remove_dir_all(&dir);
-        Some(rate?)
-    };
-    if args.store == Stores::Sqlite {
-        return Ok(());
+    let mut rates = Vec::new();
+    for store in args.store.each() {
+        let db = BenchDb::on(store, admin).await?;
+        println!("on {}:", db.describe());
+        let rate = run_ours(&db.url, &args).await;
+        db.drop_now().await?;
+        rates.push(rate?);
     }
-    let db = BenchDb::create(admin).await?;
-    println!("on Postgres:");
-    let ours = run_ours(&db.url, &args).await;
-    db.drop_now().await?;
-    let ours = ours?;
-    if let Some(sqlite) = sqlite {
-        println!("ratio: SQLite ÷ Postgres = {:.2}", sqlite / ours);
+    if let [sqlite, postgres] = rates[..] {
+        println!("ratio: SQLite ÷ Postgres = {:.2}", sqlite / postgres);
     }
-    if args.baseline_seconds > 0 {
+    let ours = rates.last().copied().unwrap_or_default();
+    if args.store != Stores::Sqlite && args.baseline_seconds > 0 {
         let baseline = BenchDb::create(admin).await?;
         let naive = pgbench_naive(&baseline, &args).await;
         baseline.drop_now().await?;

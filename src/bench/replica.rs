@@ -7,12 +7,34 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
-/// A database created for one bench run; `drop_now` removes it.
+/// The store a bench run puts the service on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Stores {
+    Sqlite,
+    Postgres,
+    /// Both, SQLite first, with their ratios printed.
+    Both,
+}
+
+impl Stores {
+    /// The stores to run on, in order.
+    pub fn each(self) -> Vec<Stores> {
+        match self {
+            Stores::Both => vec![Stores::Sqlite, Stores::Postgres],
+            one => vec![one],
+        }
+    }
+}
+
+/// A database created for one bench run (a Postgres database, or a SQLite file in a
+/// directory of its own); `drop_now` removes it.
 #[derive(Debug)]
 pub struct BenchDb {
     admin: String,
     pub name: String,
     pub url: String,
+    /// The SQLite file's directory (None on Postgres).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl BenchDb {
@@ -31,10 +53,43 @@ impl BenchDb {
             admin: admin.to_owned(),
             url: format!("{base}/{name}"),
             name,
+            dir: None,
         })
     }
 
+    /// A fresh database on `store` (Sqlite or Postgres).
+    pub async fn on(store: Stores, admin: &str) -> anyhow::Result<Self> {
+        if store != Stores::Sqlite {
+            return Self::create(admin).await;
+        }
+        let name = format!("ps_bench_{:08x}", rand::random::<u32>());
+        let dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self {
+            admin: admin.to_owned(),
+            url: format!("sqlite://{}", dir.join("bench.db").display()),
+            name,
+            dir: Some(dir),
+        })
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.dir.is_some()
+    }
+
+    /// What the run is on, for the printed header.
+    pub fn describe(&self) -> String {
+        match &self.dir {
+            Some(dir) => format!("SQLite (synchronous=FULL, {})", dir.display()),
+            None => "Postgres".into(),
+        }
+    }
+
     pub async fn drop_now(self) -> anyhow::Result<()> {
+        if let Some(dir) = &self.dir {
+            std::fs::remove_dir_all(dir)?;
+            return Ok(());
+        }
         let mut conn = PgConnection::connect(&self.admin).await?;
         sqlx::query(&format!(
             "drop database if exists {} with (force)",

@@ -1,10 +1,11 @@
-//! `bench watch`: a second replica's start to ready (migrations already applied) and idle
-//! memory; latency from the webhook's 200 to receipt by a watcher on the same replica and on
-//! another one, at a steady event rate; then many idle watchers on one replica: memory per
+//! `bench watch`, on SQLite and Postgres: start to ready and idle memory (SQLite: first start
+//! and on the existing file; Postgres: a second replica, migrations already applied); latency
+//! from the webhook's 200 to receipt by a watcher on the same replica (and on another one, on
+//! Postgres), at a steady event rate; then many idle watchers on one replica: memory per
 //! watcher and the time to deliver one change to all of them.
 
 use super::percentile;
-use super::replica::{BenchDb, Replica};
+use super::replica::{BenchDb, Replica, Stores};
 use crate::api::pb::process_service_client::ProcessServiceClient;
 use crate::api::pb::{WatchProcessRequest, WatchProcessesRequest, watch_event::Kind};
 use crate::feishu::crypto::EncryptKey;
@@ -36,6 +37,9 @@ pub struct WatchArgs {
     /// Watch streams per HTTP/2 connection in the fan-out run.
     #[arg(long, default_value_t = 100)]
     pub streams_per_connection: usize,
+    /// Which stores to run the service on; with both, their ratios are printed.
+    #[arg(long, value_enum, default_value_t = Stores::Both)]
+    pub store: Stores,
 }
 
 fn event(id: u64, process_id: &str) -> serde_json::Value {
@@ -73,33 +77,76 @@ async fn channel(url: &str) -> anyhow::Result<Channel> {
 }
 
 pub async fn run(admin: &str, args: WatchArgs) -> anyhow::Result<()> {
-    let db = BenchDb::create(admin).await?;
-    let result = run_in(&db, &args).await;
-    db.drop_now().await?;
-    result
+    let mut runs = Vec::new();
+    for store in args.store.each() {
+        let db = BenchDb::on(store, admin).await?;
+        println!("on {}:", db.describe());
+        let result = run_in(&db, &args).await;
+        db.drop_now().await?;
+        runs.push(result?);
+    }
+    if let [sqlite, postgres] = &runs[..] {
+        println!("ratios SQLite ÷ Postgres (latency: below 1 is faster):");
+        println!(
+            "  webhook 200 → watcher on the same replica, p50 / p99: {:.2} / {:.2}",
+            sqlite.same.0 / postgres.same.0,
+            sqlite.same.1 / postgres.same.1
+        );
+        println!(
+            "  one change to all idle watchers: {:.2}",
+            sqlite.fan_out_ms / postgres.fan_out_ms
+        );
+    }
+    Ok(())
 }
 
-async fn run_in(db: &BenchDb, args: &WatchArgs) -> anyhow::Result<()> {
+/// One store's numbers: same-replica watch latency (p50, p99 ms) and the fan-out time (ms).
+#[derive(Debug)]
+struct Numbers {
+    same: (f64, f64),
+    fan_out_ms: f64,
+}
+
+fn ready_line(what: &str, replica: &Replica) -> anyhow::Result<()> {
+    println!(
+        "{what}: start to ready {:.1} ms; idle RSS {:.1} MiB",
+        replica.ready_after.as_secs_f64() * 1000.0,
+        replica.rss_bytes()? as f64 / 1048576.0
+    );
+    Ok(())
+}
+
+/// On Postgres two replicas (A takes the webhook, watchers on A and B); on SQLite one, which
+/// serves its file alone, started twice: on the empty directory, then on the existing file.
+async fn run_in(db: &BenchDb, args: &WatchArgs) -> anyhow::Result<Numbers> {
     let env = [
         ("FEISHU_ENCRYPT_KEY", KEY),
         ("PROCESS_STATE_MAX_WATCHERS", "100000"),
     ];
-    let a = Replica::start(&db.url, &env).await?;
-    let b = Replica::start(&db.url, &env).await?;
-    println!(
-        "replicas: A http {} grpc {}, B http {} grpc {}",
-        a.http, a.grpc, b.http, b.grpc
-    );
-    println!(
-        "replica B, migrations already applied: start to ready {:.1} ms; idle RSS {:.1} MiB",
-        b.ready_after.as_secs_f64() * 1000.0,
-        b.rss_bytes()? as f64 / 1048576.0
-    );
-    latency(&a, &b, args).await?;
-    fan_out(&a, &b, args).await?;
+    let (a, b) = if db.is_sqlite() {
+        let first = Replica::start(&db.url, &env).await?;
+        ready_line("first start on an empty directory", &first)?;
+        first.stop().await;
+        let a = Replica::start(&db.url, &env).await?;
+        ready_line("start on the existing file", &a)?;
+        (a, None)
+    } else {
+        let a = Replica::start(&db.url, &env).await?;
+        let b = Replica::start(&db.url, &env).await?;
+        println!(
+            "replicas: A http {} grpc {}, B http {} grpc {}",
+            a.http, a.grpc, b.http, b.grpc
+        );
+        ready_line("replica B, migrations already applied", &b)?;
+        (a, Some(b))
+    };
+    let same = latency(&a, b.as_ref(), args).await?;
+    let fan_out_ms = fan_out(&a, b.as_ref().unwrap_or(&a), args).await?;
     a.stop().await;
-    b.stop().await;
-    Ok(())
+    if let Some(b) = b {
+        b.stop().await;
+    }
+    Ok(Numbers { same, fan_out_ms })
 }
 
 /// Receipt times of change events by event id.
@@ -122,12 +169,13 @@ async fn collect(url: String, receipts: Receipts) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn latency(a: &Replica, b: &Replica, args: &WatchArgs) -> anyhow::Result<()> {
+/// Watchers on A and on B (when there is a B); returns the same replica's (p50, p99) in ms.
+async fn latency(a: &Replica, b: Option<&Replica>, args: &WatchArgs) -> anyhow::Result<(f64, f64)> {
     let (same, cross): (Receipts, Receipts) = (Receipts::default(), Receipts::default());
-    let watchers = [
-        tokio::spawn(collect(a.grpc_url(), same.clone())),
-        tokio::spawn(collect(b.grpc_url(), cross.clone())),
-    ];
+    let mut watchers = vec![tokio::spawn(collect(a.grpc_url(), same.clone()))];
+    if let Some(b) = b {
+        watchers.push(tokio::spawn(collect(b.grpc_url(), cross.clone())));
+    }
     tokio::time::sleep(Duration::from_millis(500)).await; // let both streams finish their snapshot
 
     let key = Arc::new(EncryptKey::new(SecretString::from(KEY)));
@@ -176,7 +224,11 @@ async fn latency(a: &Replica, b: &Replica, args: &WatchArgs) -> anyhow::Result<(
         args.rate,
         failures.load(Ordering::Relaxed)
     );
+    let mut same_ms = (f64::NAN, f64::NAN);
     for (name, receipts) in [("same replica ", same), ("cross replica", cross)] {
+        if name == "cross replica" && b.is_none() {
+            break;
+        }
         let receipts = receipts.lock().await;
         let mut ms: Vec<f64> = acks
             .iter()
@@ -191,9 +243,12 @@ async fn latency(a: &Replica, b: &Replica, args: &WatchArgs) -> anyhow::Result<(
             ms.last().copied().unwrap_or(f64::NAN),
             ms.len()
         );
+        if name == "same replica " {
+            same_ms = (percentile(&ms, 50.0), percentile(&ms, 99.0));
+        }
     }
     println!("  (negative: the watcher had the change before the sender had its 200)");
-    Ok(())
+    Ok(same_ms)
 }
 
 /// `later - earlier` in ms, negative when `later` came first.
@@ -204,7 +259,8 @@ fn signed_ms(earlier: Instant, later: Instant) -> f64 {
     }
 }
 
-async fn fan_out(a: &Replica, b: &Replica, args: &WatchArgs) -> anyhow::Result<()> {
+/// Idle watchers on `b`, one change sent to `a`; returns ms from the 200 to the last receipt.
+async fn fan_out(a: &Replica, b: &Replica, args: &WatchArgs) -> anyhow::Result<f64> {
     let process_id = "bench-fanout";
     let key = EncryptKey::new(SecretString::from(KEY));
     let client = reqwest::Client::new();
@@ -276,11 +332,16 @@ async fn fan_out(a: &Replica, b: &Replica, args: &WatchArgs) -> anyhow::Result<(
     let rss_after = b.rss_bytes()?;
     let per_watcher = (rss_after.saturating_sub(rss_before)) as f64 / args.watchers as f64;
     println!(
-        "fan-out run: {} idle watchers on replica B over {connections} connections, opened in {open_secs:.2} s",
-        args.watchers
+        "fan-out run: {} idle watchers on {} over {connections} connections, opened in {open_secs:.2} s",
+        args.watchers,
+        if std::ptr::eq(a, b) {
+            "the replica"
+        } else {
+            "replica B"
+        }
     );
     println!(
-        "  replica B RSS {:.1} MiB → {:.1} MiB: {:.1} KiB per idle watcher",
+        "  RSS {:.1} MiB → {:.1} MiB: {:.1} KiB per idle watcher",
         rss_before as f64 / 1048576.0,
         rss_after as f64 / 1048576.0,
         per_watcher / 1024.0
@@ -306,5 +367,5 @@ async fn fan_out(a: &Replica, b: &Replica, args: &WatchArgs) -> anyhow::Result<(
         signed_ms(sent, done)
     );
     streams.abort_all();
-    Ok(())
+    Ok(signed_ms(acked, done))
 }

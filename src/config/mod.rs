@@ -280,6 +280,10 @@ pub fn database_or_default(
     data_dir: Option<&std::path::Path>,
 ) -> Result<Database, ConfigError> {
     match url {
+        Some(_) if data_dir.is_some() => Err(invalid(
+            "data_dir",
+            "only places the default SQLite file, and database_url names the store itself: unset one of them",
+        )),
         Some(url) => database_options(url),
         None => Ok(Database::Sqlite(
             data_dir
@@ -299,7 +303,12 @@ pub fn database_options(url: &str) -> Result<Database, ConfigError> {
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
     {
-        let path = path.split('?').next().unwrap_or_default();
+        if path.contains('?') {
+            return Err(invalid(
+                key,
+                "takes no parameters on SQLite: the service sets the journal (WAL), synchronous=FULL and the rest itself",
+            ));
+        }
         if path.is_empty() {
             return Err(invalid(key, "names no file: use sqlite://PATH"));
         }
@@ -393,12 +402,7 @@ impl TryFrom<Settings> for Config {
     type Error = ConfigError;
 
     fn try_from(s: Settings) -> Result<Self, ConfigError> {
-        let database = match (&s.database_url, &s.data_dir) {
-            (Some(url), _) => database_options(url)?,
-            (None, dir) => {
-                Database::Sqlite(dir.clone().unwrap_or_default().join(DEFAULT_SQLITE_FILE))
-            }
-        };
+        let database = database_or_default(s.database_url.as_deref(), s.data_dir.as_deref())?;
         let mut config = Config::new(database);
         config.http_addr = required(s.http_addr, "http_addr")?;
         config.grpc_addr = required(s.grpc_addr, "grpc_addr")?;
@@ -476,6 +480,23 @@ mod tests {
         let c = serve(&["--body-limit", "10", "--encrypt-key", "k"]).unwrap();
         assert_eq!(c.body_limit, 10);
         assert!(c.encrypt_key.is_some());
+    }
+
+    #[test]
+    fn settings_of_the_other_store_are_refused() {
+        let err = serve(&["--data-dir", "/var/lib/ps"]).unwrap_err();
+        assert!(
+            err.contains("--data-dir") && err.contains("database_url"),
+            "{err}"
+        );
+        let err = database_options("sqlite://ps.db?mode=ro")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no parameters"), "{err}");
+        assert!(matches!(
+            database_or_default(None, Some(std::path::Path::new("/d"))),
+            Ok(Database::Sqlite(p)) if p == std::path::Path::new("/d/process-state.db")
+        ));
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use health::{Readiness, StoreHealth};
 pub use limit::ReadLimit;
 
 pub use postgres::{MIGRATOR, PgStore};
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, stored_time};
 
 use crate::domain::{
     ChangeSet, Event, Process, ProcessDetail, ProcessStatus, Task, TaskStatus, TaskType,

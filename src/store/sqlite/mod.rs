@@ -28,7 +28,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqli
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A time as stored: RFC 3339 in UTC with six fractional digits, so text order is time order.
-pub(super) fn stored_time(t: DateTime<Utc>) -> String {
+pub fn stored_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
 }
 
