@@ -22,6 +22,7 @@ mod ordering;
 mod overload;
 mod rebuild;
 mod reflection;
+mod rest_client;
 mod security;
 mod shutdown;
 mod store_down;

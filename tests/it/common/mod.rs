@@ -6,6 +6,7 @@
 pub mod gateway;
 pub mod logs;
 pub mod proxy;
+pub mod rest;
 
 use process_state::api::pb::process_service_client::ProcessServiceClient;
 use process_state::app::App;
