@@ -11,7 +11,7 @@ use crate::store::{
 };
 use chrono::Utc;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
 
 async fn revision(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("select revision from revision_counter")
@@ -98,8 +98,18 @@ fn push_process_filter(q: &mut QueryBuilder<'_, Sqlite>, f: &ProcessFilter) {
     }
 }
 
-/// Reads the page `q` selects (ordered by `key`, one more row than asked) and the revision,
-/// in one read transaction.
+/// The start of a page's statement over `table`: the revision joined to the page's rows, so
+/// one statement (one snapshot, one trip to SQLite's thread) reads both, and an empty page
+/// still has its revision. [`page`] closes it.
+fn page_query(table: &str) -> QueryBuilder<'static, Sqlite> {
+    QueryBuilder::new(format!(
+        "select r.revision as read_revision, t.* from revision_counter r \
+         left join (select * from {table} where true"
+    ))
+}
+
+/// Reads the page `q` (from [`page_query`], with its filters) selects, ordered by `key`, one
+/// more row than asked, with the revision it was read at.
 async fn page<R, T>(
     pool: &SqlitePool,
     mut q: QueryBuilder<'_, Sqlite>,
@@ -113,13 +123,24 @@ where
     q.push(" order by ")
         .push(key)
         .push(" limit ")
-        .push_bind(i64::from(limit) + 1);
-    let mut tx = pool.begin().await?;
-    let revision = revision(&mut tx).await?;
-    let rows: Vec<R> = q.build_query_as().fetch_all(&mut *tx).await?;
-    tx.commit().await?;
-    let more = rows.len() > limit as usize;
-    let items = rows.into_iter().take(limit as usize).map(T::from).collect();
+        .push_bind(i64::from(limit) + 1)
+        .push(") t on true order by t.")
+        .push(key);
+    let rows: Vec<SqliteRow> = q.build().fetch_all(pool).await?;
+    let revision: i64 = match rows.first() {
+        Some(row) => row.try_get("read_revision")?,
+        None => return Err(sqlx::Error::RowNotFound.into()),
+    };
+    let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+    for row in &rows {
+        // No matching row: the join's one row without a key.
+        if row.try_get::<Option<&str>, _>(key)?.is_none() {
+            continue;
+        }
+        items.push(T::from(R::from_row(row)?));
+    }
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
     Ok(Page {
         items,
         more,
@@ -132,7 +153,7 @@ pub(super) async fn list_processes(
     f: &ProcessFilter,
     page_request: &PageRequest,
 ) -> Result<Page<Process>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new("select * from processes where true");
+    let mut q = page_query("processes");
     if let Some(after) = &page_request.after {
         q.push(" and process_id > ").push_bind(after.clone());
     }
@@ -145,7 +166,7 @@ pub(super) async fn list_tasks(
     f: &TaskFilter,
     page_request: &PageRequest,
 ) -> Result<Page<Task>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new("select * from tasks where true");
+    let mut q = page_query("tasks");
     if let Some(after) = &page_request.after {
         q.push(" and approver_id > ").push_bind(after.clone());
     }
