@@ -120,6 +120,27 @@ feishu_enum!(
     }
 );
 
+impl ProcessStatus {
+    /// Rejected, withdrawn, revoked or completed: Feishu never reopens it (a completed process
+    /// may still be revoked, through `REVOKING`).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::REJECTED | Self::WITHDRAWN | Self::REVOKED | Self::COMPLETED
+        )
+    }
+}
+
+impl TaskStatus {
+    /// Rejected, done, cancelled or intervened: the task will not be open again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::REJECTED | Self::DONE | Self::CANCELLED | Self::INTERVENED
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

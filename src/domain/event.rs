@@ -7,6 +7,9 @@ pub enum EventSource {
     Webhook,
     /// The long-connection (WebSocket) worker.
     LongConnection,
+    /// An observation of Feishu's REST API (backfill, reconciliation, enrichment), timed by
+    /// Feishu's clock.
+    Rest,
 }
 
 impl EventSource {
@@ -15,6 +18,7 @@ impl EventSource {
         match self {
             Self::Webhook => "webhook",
             Self::LongConnection => "long_connection",
+            Self::Rest => "rest",
         }
     }
 }

@@ -16,6 +16,11 @@ pub mod event_types {
     pub const NODE_UPDATED: &str = "corehr.process.node.updated_v2";
     pub const APPROVER_UPDATED: &str = "corehr.process.approver.updated_v2";
     pub const CC_UPDATED: &str = "corehr.process.cc.updated_v2";
+    /// What Feishu's REST API showed of a process, a task and a cc task (`feishu::rest::observe`):
+    /// shaped like the events above, with the same fields.
+    pub const REST_PROCESS: &str = "process_state.rest.process";
+    pub const REST_TASK: &str = "process_state.rest.task";
+    pub const REST_CC: &str = "process_state.rest.cc";
 }
 
 /// Turns an authenticated envelope into the event to store.
@@ -29,6 +34,7 @@ pub fn from_inbox(stored: &crate::store::StoredEvent) -> Option<Event> {
     let json = serde_json::from_str(&stored.payload).ok()?;
     let source = match stored.source.as_str() {
         "long_connection" => EventSource::LongConnection,
+        "rest" => EventSource::Rest,
         _ => EventSource::Webhook,
     };
     match crate::feishu::envelope::payload(json).ok()? {
@@ -61,7 +67,7 @@ fn update_for(event_type: &str, e: &Map<String, Value>) -> Option<Update> {
     let process_id = text(e, "process_id")?;
     let int = |key| integer(e, key).and_then(|v| i32::try_from(v).ok());
     let update = match event_type {
-        PROCESS_STATUS | PROCESS_UPDATED => Update::Process(ProcessUpdate {
+        PROCESS_STATUS | PROCESS_UPDATED | REST_PROCESS => Update::Process(ProcessUpdate {
             process_id,
             status: int("status").map(ProcessStatus),
             biz_type: text(e, "biz_type"),
@@ -77,7 +83,7 @@ fn update_for(event_type: &str, e: &Map<String, Value>) -> Option<Update> {
             node_status: int("node_status").map(NodeStatus),
             biz_type: text(e, "biz_type"),
         }),
-        APPROVER_UPDATED => Update::Task(TaskUpdate {
+        APPROVER_UPDATED | REST_TASK => Update::Task(TaskUpdate {
             approver_id: text(e, "approver_id")?,
             process_id,
             task_type: int("type").map(TaskType),
@@ -88,7 +94,7 @@ fn update_for(event_type: &str, e: &Map<String, Value>) -> Option<Update> {
             // `node_id` is deprecated in favour of `node_id_str`; take either.
             process_node_id: text(e, "node_id_str").or_else(|| text(e, "node_id")),
         }),
-        CC_UPDATED => Update::Cc(CcUpdate {
+        CC_UPDATED | REST_CC => Update::Cc(CcUpdate {
             approver_id: text(e, "approver_id")?,
             process_id,
             status: int("status").map(CcStatus),

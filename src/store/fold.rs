@@ -10,9 +10,11 @@
 //! for an unknown process creates the row with unknown status (invariant 4), logged under the
 //! child's revision.
 
-use super::merge::Merge;
+use super::merge::{Merge, observed_status};
 use super::rows::{CcState, NodeState, ProcessState, TaskState};
-use crate::domain::{CcUpdate, Event, NodeUpdate, ProcessUpdate, TaskUpdate, Update};
+use crate::domain::{
+    CcUpdate, Event, NodeUpdate, ProcessStatus, ProcessUpdate, TaskStatus, TaskUpdate, Update,
+};
 use crate::store::Outcome;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -316,7 +318,15 @@ impl Folder<'_> {
         let old = old.as_ref();
         let stored = old.and_then(|o| o.event_time.zip(o.event_id.as_deref()));
         let mut m = Merge::new(event, old.map(|o| &o.versions), stored);
-        let status = merge!(m, old, status, u.status.map(|s| s.0));
+        let status = observed_status(
+            event,
+            u.status.map(|s| s.0),
+            old.and_then(|o| o.status),
+            |old, new| {
+                ProcessStatus(old).is_terminal() && ProcessStatus(new) == ProcessStatus::IN_PROGRESS
+            },
+        );
+        let status = merge!(m, old, status, status);
         let biz_type = merge!(m, old, biz_type, u.biz_type);
         let flow_definition_id = merge!(m, old, flow_definition_id, u.flow_definition_id);
         let properties = merge!(m, old, properties, u.properties.map(|p| p.0));
@@ -509,7 +519,13 @@ impl Folder<'_> {
         let stored = old.map(|o| (o.event_time, o.event_id.as_str()));
         let mut m = Merge::new(event, old.map(|o| &o.versions), stored);
         let task_type = merge!(m, old, task_type, u.task_type.map(|v| v.0));
-        let status = merge!(m, old, status, u.status.map(|v| v.0));
+        let status = observed_status(
+            event,
+            u.status.map(|v| v.0),
+            old.and_then(|o| o.status),
+            |old, new| TaskStatus(old).is_terminal() && TaskStatus(new) == TaskStatus::TODO,
+        );
+        let status = merge!(m, old, status, status);
         let biz_type = merge!(m, old, biz_type, u.biz_type);
         let flow_definition_id = merge!(m, old, flow_definition_id, u.flow_definition_id);
         let node_definition_id = merge!(m, old, node_definition_id, u.node_definition_id);

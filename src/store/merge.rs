@@ -3,9 +3,14 @@
 //! final row is then a function of the set of events, whatever order they arrive in, though
 //! every field is optional on the wire. Each row keeps, per field, the key of the event that
 //! set it ([`Versions`]), and its own stamp: the newest event of that entity.
+//!
+//! An observation of Feishu's REST API merges like an event, timed by Feishu's clock, with
+//! two differences: it never moves an entity's own stamp (it is not an event of the entity, so
+//! an unchanged entity gets no revision from it), and it never moves a terminal status back
+//! ([`observed_status`]): a lagging answer must not reopen a finished process or task.
 
 use super::rows::Versions;
-use crate::domain::Event;
+use crate::domain::{Event, EventSource};
 
 /// One event merged into one row.
 #[derive(Debug)]
@@ -19,6 +24,8 @@ pub(super) struct Merge<'e> {
     pub changed: bool,
     /// A stamp moved: the row must be written, even when no value changed.
     pub stamped: bool,
+    /// The event is a REST observation.
+    observation: bool,
 }
 
 impl<'e> Merge<'e> {
@@ -30,6 +37,7 @@ impl<'e> Merge<'e> {
             versions: versions.cloned().unwrap_or_default(),
             changed: false,
             stamped: false,
+            observation: event.source == EventSource::Rest,
         }
     }
 
@@ -61,14 +69,30 @@ impl<'e> Merge<'e> {
 
     /// The entity's own stamp after an event OF this entity: the newer of the stored one and
     /// the event's. It is part of the row's state (its `event_time`), so moving it is a change.
+    /// A REST observation keeps the stored stamp, and stamps only an entity it creates.
     pub fn entity(&mut self, stored: Option<(i64, &str)>) -> (i64, String) {
         match stored {
-            Some(stamp) if stamp >= self.key => (stamp.0, stamp.1.to_owned()),
+            Some(stamp) if stamp >= self.key || self.observation => (stamp.0, stamp.1.to_owned()),
             _ => {
                 self.stamped = true;
                 self.changed = true;
                 (self.key.0, self.key.1.to_owned())
             }
         }
+    }
+}
+
+/// The status an event may set: an observation that would reopen a finished process or task
+/// (`reopens(old, new)`) is dropped, as Feishu never does that and a REST answer saying so is
+/// stale. Events are taken as they come.
+pub(super) fn observed_status(
+    event: &Event,
+    new: Option<i32>,
+    old: Option<i32>,
+    reopens: fn(i32, i32) -> bool,
+) -> Option<i32> {
+    match (new, old) {
+        (Some(new), Some(old)) if event.source == EventSource::Rest && reopens(old, new) => None,
+        _ => new,
     }
 }

@@ -18,6 +18,7 @@ mod grpcurl;
 mod limits;
 mod longconn;
 mod metrics;
+mod observations;
 mod ordering;
 mod overload;
 mod rebuild;
