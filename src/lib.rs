@@ -27,6 +27,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod backfill;
 pub mod bench;
 pub mod caller;
 pub mod config;

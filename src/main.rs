@@ -52,6 +52,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ));
             }
         }
+        Command::Backfill(args) => backfill(args).await?,
         Command::Simulate(args) => process_state::simulate::run(args).await?,
         Command::Bench(args) => process_state::bench::run(args).await?,
     }
@@ -114,6 +115,76 @@ async fn copy(args: process_state::config::CopyArgs) -> anyhow::Result<()> {
     use process_state::store::Store;
     from.close().await;
     to.close().await;
+    Ok(())
+}
+
+/// `backfill`: from the saved cursor when a run stopped unfinished, else over `--since`.
+async fn backfill(args: process_state::config::BackfillArgs) -> anyhow::Result<()> {
+    use process_state::backfill::{self, Cursor, Step};
+    use process_state::feishu::rest::{RestClient, RestConfig, RestMetrics};
+    let since = backfill::parse_since(&args.since).map_err(|e| anyhow::anyhow!("--since {e}"))?;
+    anyhow::ensure!(
+        args.list_per_minute > 0 && args.detail_per_minute > 0,
+        "--list-per-minute and --detail-per-minute must be more than 0"
+    );
+    let database = process_state::config::database_or_default(
+        args.database_url.as_deref(),
+        args.data_dir.as_deref(),
+    )?;
+    let mut config = Config::new(database);
+    config.db_max_connections = 2;
+    let store = process_state::app::open_store(&config).await?;
+    store.migrate().await?;
+    let cursor = match backfill::saved(store.as_ref()).await? {
+        Some(saved) if !args.restart => {
+            tracing::info!(
+                applied = saved.applied,
+                "continuing the unfinished backfill (--restart starts over)"
+            );
+            saved
+        }
+        _ => {
+            let now = chrono::Utc::now().timestamp_millis();
+            Cursor::new(now - since, now)
+        }
+    };
+    let mut rest = RestConfig::new(
+        &args.feishu_base_url,
+        &args.app_id,
+        secrecy::SecretString::from(args.app_secret),
+    );
+    rest.list_per_minute = args.list_per_minute;
+    rest.detail_per_minute = args.detail_per_minute;
+    rest.user_id_type = args.user_id_type;
+    let client = RestClient::new(rest, RestMetrics::default());
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} processes listed so far stored, {msg}",
+        )
+        .expect("a valid template"),
+    );
+    let per_second = f64::from(args.detail_per_minute) / 60.0;
+    let step = |step: Step| {
+        match step {
+            Step::Listed(n) => bar.inc_length(n),
+            Step::Applied(n) | Step::Skipped(n) => bar.inc(n),
+        }
+        let left = bar.length().unwrap_or(0).saturating_sub(bar.position());
+        bar.set_message(format!(
+            "{left} to fetch: ETA {:.0} s at {} details/min",
+            left as f64 / per_second,
+            args.detail_per_minute
+        ));
+    };
+    let result = backfill::run(store.as_ref(), &client, cursor, &step).await;
+    bar.finish_and_clear();
+    store.close().await;
+    let done = result?;
+    println!(
+        "backfill done: {} process details stored ({}); state now includes what events never said",
+        done.applied, config.database
+    );
     Ok(())
 }
 

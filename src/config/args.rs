@@ -39,6 +39,10 @@ pub enum Command {
     /// --verify writes nothing (exits 1 when any differs); --apply writes those entities as the
     /// fold has them, under new revisions that watchers and caches see.
     Rebuild(RebuildArgs),
+    /// Fetch from Feishu's REST API the processes modified in the last --since (those events
+    /// never told of) and store what they show; resumable: a run that stopped continues where
+    /// it stood. Needs the app's id and secret and the scope corehr:process:read.
+    Backfill(BackfillArgs),
     /// Send realistic encrypted, signed CoreHR event sequences to a webhook.
     Simulate(crate::simulate::SimulateArgs),
     /// Load runs against replicas of this binary that print numbers.
@@ -72,6 +76,50 @@ pub struct RebuildArgs {
     /// Directory of the default SQLite database [default: the working directory].
     #[arg(long, env = "PROCESS_STATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// How far back, by modify time: 30d, 12h, 90m.
+    #[arg(long, default_value = "30d")]
+    pub since: String,
+    /// Start over instead of continuing an unfinished backfill.
+    #[arg(long)]
+    pub restart: bool,
+    /// The store: sqlite://PATH or postgres://… [default: sqlite://process-state.db in
+    /// --data-dir]. A SQLite store must not be served meanwhile.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Directory of the default SQLite database [default: the working directory].
+    #[arg(long, env = "PROCESS_STATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Feishu App ID (`cli_...`).
+    #[arg(long, env = "FEISHU_APP_ID")]
+    pub app_id: String,
+    /// Feishu App Secret.
+    #[arg(long, env = "FEISHU_APP_SECRET", hide_env_values = true)]
+    pub app_secret: String,
+    /// Feishu Open Platform base URL.
+    #[arg(
+        long,
+        env = "FEISHU_BASE_URL",
+        default_value = "https://open.feishu.cn"
+    )]
+    pub feishu_base_url: String,
+    /// Calls a minute to the process list API (Feishu's limit: 20).
+    #[arg(long, env = "PROCESS_STATE_REST_LIST_PER_MINUTE", default_value_t = 20)]
+    pub list_per_minute: u32,
+    /// Calls a minute to the process detail API (Feishu's limit: 100).
+    #[arg(
+        long,
+        env = "PROCESS_STATE_REST_DETAIL_PER_MINUTE",
+        default_value_t = 100
+    )]
+    pub detail_per_minute: u32,
+    /// The id type of user ids: open_id, user_id, union_id or people_corehr_id.
+    #[arg(long, env = "PROCESS_STATE_USER_ID_TYPE", default_value = "open_id",
+          value_parser = ["open_id", "user_id", "union_id", "people_corehr_id"])]
+    pub user_id_type: String,
 }
 
 #[derive(Debug, Subcommand)]

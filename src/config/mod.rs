@@ -4,8 +4,8 @@
 mod args;
 
 pub use args::{
-    Cli, Command, ConfigCommand, CopyArgs, DatabaseArgs, RebuildArgs, SECRET_KEYS, ServeArgs,
-    Settings,
+    BackfillArgs, Cli, Command, ConfigCommand, CopyArgs, DatabaseArgs, RebuildArgs, SECRET_KEYS,
+    ServeArgs, Settings,
 };
 
 use crate::api::watch::WatchConfig;

@@ -262,6 +262,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Prunes the change log; returns the new `pruned_through`.
     async fn prune(&self, retention: Retention) -> Result<i64, StoreError>;
 
+    /// The saved cursor of the long job `name` (its own JSON), if any.
+    async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError>;
+
+    /// Saves the cursor of the long job `name`.
+    async fn save_cursor(&self, name: &str, value: &str) -> Result<(), StoreError>;
+
     /// A doorbell for new changes.
     async fn doorbell(&self) -> Result<Box<dyn Doorbell>, StoreError>;
 

@@ -7,6 +7,7 @@
 mod common;
 
 mod auth_methods;
+mod backfill;
 mod batching;
 mod cache;
 mod cli;

@@ -253,6 +253,27 @@ impl Store for PgStore {
         .await?)
     }
 
+    async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("select value from cursors where name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn save_cursor(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into cursors (name, value) values ($1, $2)
+             on conflict (name) do update set value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn doorbell(&self) -> Result<Box<dyn Doorbell>, StoreError> {
         changes::doorbell(&self.pool).await
     }

@@ -215,6 +215,27 @@ impl Store for SqliteStore {
         .await?)
     }
 
+    async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("select value from cursors where name = ?")
+                .bind(name)
+                .fetch_optional(&self.reads)
+                .await?,
+        )
+    }
+
+    async fn save_cursor(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "insert into cursors (name, value) values (?, ?)
+             on conflict (name) do update set value = excluded.value",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
     async fn doorbell(&self) -> Result<Box<dyn Doorbell>, StoreError> {
         Ok(Box::new(Bell(self.bell.subscribe())))
     }

@@ -46,6 +46,8 @@ struct Shared {
     secret: String,
     script: HashMap<&'static str, VecDeque<Scripted>>,
     processes: Vec<Value>,
+    /// Indexes into `processes` by process id.
+    by_id: HashMap<String, usize>,
 }
 
 #[derive(Clone)]
@@ -82,7 +84,13 @@ impl FakeRest {
 
     /// Processes the list and detail APIs know, as detail JSON.
     pub fn set_processes(&self, processes: Vec<Value>) {
-        self.shared.lock().unwrap().processes = processes;
+        let mut shared = self.shared.lock().unwrap();
+        shared.by_id = processes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p["process_id"].as_str().unwrap_or_default().to_owned(), i))
+            .collect();
+        shared.processes = processes;
     }
 
     /// The next answers of `api` (`token`, `list`, `detail`).

@@ -1,0 +1,152 @@
+//! `backfill` against a fake Feishu: 250 processes modified over 40 days (two list windows,
+//! three pages) end in the store as Feishu has them, on both stores; a run that fails midway
+//! continues from its saved cursor; the command line does it all with only the app's id and
+//! secret, and a wrong secret is one clear line without the secret.
+
+use crate::common::rest::{FakeRest, Scripted};
+use crate::common::{TestDb, config};
+use process_state::backfill::{self, Cursor};
+use process_state::domain::{ProcessStatus, TaskStatus};
+use process_state::feishu::rest::{RestClient, RestConfig, RestMetrics};
+use process_state::store::Store;
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+const SECRET: &str = "backfill-app-secret-9f2";
+const BIN: &str = env!("CARGO_BIN_EXE_process-state");
+const DAY: i64 = 24 * 3600 * 1000;
+
+/// Feishu's truth: process i is in progress with one open task when i is even, else completed
+/// with its task done.
+fn truth(now: i64) -> Vec<Value> {
+    (0..250)
+        .map(|i| {
+            let id = format!("{}", 7_300_000_000_000_000_000i64 + i);
+            let task = json!([{"approver_id": format!("{id}9"), "type": 1}]);
+            let done = json!([{"approver_id": format!("{id}9"), "type": 1, "status": 3}]);
+            let (status, todos, done_list) = if i % 2 == 0 {
+                (1, task, json!([]))
+            } else {
+                (9, json!([]), done)
+            };
+            json!({
+                "process_id": id, "status": status, "flow_template_id": "leave",
+                "modify_time": (now - 40 * DAY + 1 + i * (39 * DAY / 250)).to_string(),
+                "todos": todos, "done_list": done_list,
+            })
+        })
+        .collect()
+}
+
+fn client(fake: &FakeRest) -> RestClient {
+    let mut config = RestConfig::new(&fake.url, "cli_fake", SecretString::from(SECRET));
+    config.list_per_minute = 60_000;
+    config.detail_per_minute = 60_000;
+    RestClient::new(config, RestMetrics::default())
+}
+
+async fn store(db: &TestDb) -> Arc<dyn Store> {
+    let store = process_state::app::open_store(&config(db)).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// Every process of the truth is stored as Feishu has it.
+async fn assert_matches(store: &dyn Store, truth: &[Value]) {
+    for p in truth {
+        let id = p["process_id"].as_str().unwrap();
+        let (detail, _) = store.get_process(id).await.unwrap();
+        let detail = detail.unwrap_or_else(|| panic!("{id} not stored"));
+        let open = p["status"] == 1;
+        let (status, task) = if open {
+            (ProcessStatus::IN_PROGRESS, TaskStatus::TODO)
+        } else {
+            (ProcessStatus::COMPLETED, TaskStatus::DONE)
+        };
+        assert_eq!(detail.process.status, Some(status), "{id}");
+        assert_eq!(detail.process.biz_type.as_deref(), Some("leave"), "{id}");
+        assert_eq!(detail.tasks.len(), 1, "{id}");
+        assert_eq!(detail.tasks[0].status, Some(task), "{id}");
+    }
+}
+
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn a_backfill_ends_equal_to_feishu_and_resumes_after_a_failure(backend) {
+        let db = TestDb::on(backend).await;
+        let store = store(&db).await;
+        let fake = FakeRest::start(SECRET).await;
+        let now = chrono::Utc::now().timestamp_millis();
+        let truth = truth(now);
+        fake.set_processes(truth.clone());
+        let client = client(&fake);
+
+        // The second list call fails for good: the first page is stored and the cursor saved.
+        let normal = Scripted::Slow(std::time::Duration::ZERO);
+        fake.script("list", [normal, Scripted::Code(99991672, "no permission")]);
+        let err = backfill::run(&*store, &client, Cursor::new(now - 40 * DAY, now), &|_| {}).await;
+        assert!(err.is_err(), "the second page's list call fails");
+        let saved = backfill::saved(&*store).await.unwrap().expect("a saved cursor");
+        assert_eq!(saved.applied, 100);
+        assert_eq!(saved.page_token.as_deref(), Some("100"));
+
+        let lists_before = fake.calls("list").len();
+        let done = backfill::run(&*store, &client, saved, &|_| {}).await.unwrap();
+        assert!(done.done);
+        assert_eq!(done.applied, 250);
+        // Resumed at the saved page: window 1 (192 processes) its second page, then window 2's
+        // one page (58); its first page is not listed again.
+        assert_eq!(fake.calls("list").len() - lists_before, 2);
+        assert_matches(&*store, &truth).await;
+        assert_eq!(backfill::saved(&*store).await.unwrap(), None, "finished: nothing to continue");
+        store.close().await;
+    }
+}
+
+/// Runs `backfill` with `secret`; returns whether it succeeded and all it printed.
+async fn command(db_url: String, fake_url: String, secret: &'static str) -> (bool, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(BIN)
+            .args(["backfill", "--since", "41d", "--database-url", &db_url])
+            .args(["--feishu-base-url", &fake_url])
+            .args(["--list-per-minute", "60000", "--detail-per-minute", "60000"])
+            .env("FEISHU_APP_ID", "cli_fake")
+            .env("FEISHU_APP_SECRET", secret)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_command_backfills_with_the_apps_credentials_and_names_a_wrong_secret() {
+    let db = TestDb::on(crate::common::Backend::Sqlite).await;
+    let fake = FakeRest::start(SECRET).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let truth = truth(now);
+    fake.set_processes(truth.clone());
+
+    let (ok, text) = command(db.url(), fake.url.clone(), "not-the-secret-31c").await;
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("10014") && text.contains("app secret invalid"),
+        "{text}"
+    );
+    assert!(!text.contains("not-the-secret-31c"), "{text}");
+
+    let (ok, text) = command(db.url(), fake.url.clone(), SECRET).await;
+    assert!(ok, "{text}");
+    assert!(text.contains("250 process details stored"), "{text}");
+    let store = store(&db).await;
+    assert_matches(&*store, &truth).await;
+    store.close().await;
+}
