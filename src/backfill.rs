@@ -85,7 +85,7 @@ pub async fn run(
     mut cursor: Cursor,
     progress: &(dyn Fn(Step) + Sync),
 ) -> Result<Cursor, BackfillError> {
-    let app_id = client.config().app_id.clone();
+    let (app_id, id_type) = (&client.config().app_id, &client.config().user_id_type);
     while cursor.window_from_ms <= cursor.until_ms {
         let window_to = (cursor.window_from_ms + WINDOW_MS - 1).min(cursor.until_ms);
         let page = client
@@ -108,7 +108,7 @@ pub async fn run(
                         .date
                         .unwrap_or_else(chrono::Utc::now)
                         .timestamp_millis();
-                    events.extend(observations(&answer.data, seen, &app_id));
+                    events.extend(observations(&answer.data, seen, app_id, id_type));
                     fetched += 1;
                 }
                 Err(RestError::Api { code, msg, .. }) if code == NOT_SERVED => {

@@ -32,10 +32,45 @@ pub fn from_timestamp(t: &Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
 }
 
+fn i18n(t: domain::I18nText) -> pb::I18nText {
+    pb::I18nText {
+        zh_cn: t.zh_cn.unwrap_or_default(),
+        en_us: t.en_us.unwrap_or_default(),
+    }
+}
+
+fn person(user_id: Option<String>, name: Option<domain::I18nText>) -> Option<pb::Person> {
+    (user_id.is_some() || name.is_some()).then(|| pb::Person {
+        user_id: user_id.unwrap_or_default(),
+        name: name.map(i18n),
+    })
+}
+
+fn links(l: domain::Links) -> pb::Links {
+    pb::Links {
+        web: l.web.unwrap_or_default(),
+        pc: l.pc.unwrap_or_default(),
+        mobile: l.mobile.unwrap_or_default(),
+    }
+}
+
 impl From<domain::Process> for pb::Process {
     fn from(p: domain::Process) -> Self {
-        let v = p.provenance;
+        let (v, info) = (p.provenance, p.info);
         pb::Process {
+            name: info.name.map(i18n),
+            flow_definition_name: info.flow_definition_name.map(i18n),
+            initiator: person(info.initiator_id, info.initiator_name),
+            create_time: info.create_time.map(feishu_time),
+            complete_time: info.complete_time.map(feishu_time),
+            links: info.links.map(links),
+            abstracts: (info.abstracts.unwrap_or_default().into_iter())
+                .map(|a| pb::Abstract {
+                    name: Some(i18n(a.name)),
+                    value: Some(i18n(a.value)),
+                })
+                .collect(),
+            user_id_type: info.user_id_type.unwrap_or_default(),
             process_id: p.process_id,
             status: p.status.map_or(0, |s| s.0),
             biz_type: p.biz_type.unwrap_or_default(),
@@ -100,8 +135,15 @@ impl From<domain::Node> for pb::Node {
 
 impl From<domain::Task> for pb::Task {
     fn from(t: domain::Task) -> Self {
-        let v = t.provenance;
+        let (v, info) = (t.provenance, t.info);
         pb::Task {
+            assignee: person(info.operator_id, info.operator_name),
+            node_name: info.node_name.map(i18n),
+            links: info.links.map(links),
+            create_time: info.create_time.map(feishu_time),
+            complete_time: info.complete_time.map(feishu_time),
+            approval_opinion: info.approval_opinion.unwrap_or_default(),
+            user_id_type: info.user_id_type.unwrap_or_default(),
             approver_id: t.approver_id,
             process_id: t.process_id,
             r#type: t.task_type.map_or(0, |s| s.0),
@@ -121,8 +163,12 @@ impl From<domain::Task> for pb::Task {
 
 impl From<domain::CcTask> for pb::CcTask {
     fn from(c: domain::CcTask) -> Self {
-        let v = c.provenance;
+        let (v, info) = (c.provenance, c.info);
         pb::CcTask {
+            recipient: person(info.operator_id, info.operator_name),
+            node_name: info.node_name.map(i18n),
+            create_time: info.create_time.map(feishu_time),
+            user_id_type: info.user_id_type.unwrap_or_default(),
             approver_id: c.approver_id,
             process_id: c.process_id,
             status: c.status.map_or(0, |s| s.0),

@@ -182,12 +182,14 @@ impl ProcessService for ProcessApi {
     ) -> Result<Response<ListProcessesResponse>, Status> {
         let mut req = request.into_inner();
         filter::processes(&mut req.statuses, &req.biz_type, &req.flow_definition_id)?;
+        filter::text("initiator_id", &req.initiator_id, filter::MAX_ID)?;
         let (page, fingerprint) = start_page(&mut req)?;
         let filter = ProcessFilter {
             statuses: req.statuses.iter().map(|&s| ProcessStatus(s)).collect(),
             biz_type: non_empty(req.biz_type),
             flow_definition_id: non_empty(req.flow_definition_id),
             changed_since: changed_since(req.changed_since.as_ref())?,
+            initiator_id: non_empty(req.initiator_id),
         };
         let page = self
             .reads
@@ -224,6 +226,7 @@ impl ProcessService for ProcessApi {
             &req.node_definition_id,
             filter::MAX_ID,
         )?;
+        filter::text("assignee_id", &req.assignee_id, filter::MAX_ID)?;
         let (page, fingerprint) = start_page(&mut req)?;
         if !req.process_id.is_empty() {
             validate_id("process_id", &req.process_id)?;
@@ -236,6 +239,7 @@ impl ProcessService for ProcessApi {
             flow_definition_id: non_empty(req.flow_definition_id),
             node_definition_id: non_empty(req.node_definition_id),
             changed_since: changed_since(req.changed_since.as_ref())?,
+            assignee_id: non_empty(req.assignee_id),
         };
         let page = self
             .reads

@@ -102,6 +102,8 @@ pub struct ProcessUpdate {
     pub biz_type: Option<String>,
     pub flow_definition_id: Option<String>,
     pub properties: Option<super::ProcessProperties>,
+    /// REST observations only.
+    pub info: super::ProcessInfo,
 }
 
 /// New state of a node instance.
@@ -127,6 +129,8 @@ pub struct TaskUpdate {
     pub flow_definition_id: Option<String>,
     pub node_definition_id: Option<String>,
     pub process_node_id: Option<String>,
+    /// REST observations only.
+    pub info: super::TaskInfo,
 }
 
 /// New state of a carbon-copy task.
@@ -136,4 +140,6 @@ pub struct CcUpdate {
     pub process_id: String,
     pub status: Option<super::CcStatus>,
     pub biz_type: Option<String>,
+    /// REST observations only.
+    pub info: super::CcInfo,
 }

@@ -11,4 +11,7 @@ pub use enums::{
     CcStatus, NodeStatus, NodeType, ProcessProperties, ProcessStatus, TaskStatus, TaskType,
 };
 pub use event::{CcUpdate, Event, EventSource, NodeUpdate, ProcessUpdate, TaskUpdate, Update};
-pub use state::{CcTask, Node, Process, ProcessDetail, Provenance, Task};
+pub use state::{
+    Abstract, CcInfo, CcTask, I18nText, Links, Node, Process, ProcessDetail, ProcessInfo,
+    Provenance, Task, TaskInfo,
+};

@@ -189,6 +189,7 @@ mod tests {
         use crate::domain::{Process, ProcessStatus, Provenance};
         Arc::new(ProcessDetail {
             process: Process {
+                info: Default::default(),
                 process_id: id.into(),
                 status: Some(ProcessStatus(status)),
                 biz_type: None,

@@ -2,8 +2,9 @@
 //! state updates; every other event type is kept as it is, with no update.
 
 use crate::domain::{
-    CcStatus, CcUpdate, Event, EventSource, NodeStatus, NodeType, NodeUpdate, ProcessProperties,
-    ProcessStatus, ProcessUpdate, TaskStatus, TaskType, TaskUpdate, Update,
+    Abstract, CcInfo, CcStatus, CcUpdate, Event, EventSource, I18nText, Links, NodeStatus,
+    NodeType, NodeUpdate, ProcessInfo, ProcessProperties, ProcessStatus, ProcessUpdate, TaskInfo,
+    TaskStatus, TaskType, TaskUpdate, Update,
 };
 use crate::feishu::envelope::{Envelope, integer, text};
 use serde_json::{Map, Value};
@@ -73,6 +74,17 @@ fn update_for(event_type: &str, e: &Map<String, Value>) -> Option<Update> {
             biz_type: text(e, "biz_type"),
             flow_definition_id: text(e, "flow_definition_id"),
             properties: int("properties").map(ProcessProperties),
+            info: ProcessInfo {
+                name: i18n(e, "process_name"),
+                flow_definition_name: i18n(e, "flow_definition_name"),
+                initiator_id: text(e, "initiator_id"),
+                initiator_name: i18n(e, "initiator_name"),
+                create_time: integer(e, "process_create_time"),
+                complete_time: integer(e, "process_complete_time"),
+                links: links(e, "links"),
+                abstracts: abstracts(e, "abstracts"),
+                user_id_type: text(e, "user_id_type"),
+            },
         }),
         NODE_UPDATED => Update::Node(NodeUpdate {
             process_node_id: text(e, "process_node_id")?,
@@ -93,16 +105,68 @@ fn update_for(event_type: &str, e: &Map<String, Value>) -> Option<Update> {
             node_definition_id: text(e, "node_definition_id"),
             // `node_id` is deprecated in favour of `node_id_str`; take either.
             process_node_id: text(e, "node_id_str").or_else(|| text(e, "node_id")),
+            info: TaskInfo {
+                operator_id: text(e, "operator_id"),
+                operator_name: i18n(e, "operator_name"),
+                node_name: i18n(e, "node_name"),
+                links: links(e, "links"),
+                create_time: integer(e, "task_create_time"),
+                complete_time: integer(e, "task_complete_time"),
+                approval_opinion: text(e, "approval_opinion"),
+                user_id_type: text(e, "user_id_type"),
+            },
         }),
         CC_UPDATED | REST_CC => Update::Cc(CcUpdate {
             approver_id: text(e, "approver_id")?,
             process_id,
             status: int("status").map(CcStatus),
             biz_type: text(e, "biz_type"),
+            info: CcInfo {
+                operator_id: text(e, "operator_id"),
+                operator_name: i18n(e, "operator_name"),
+                node_name: i18n(e, "node_name"),
+                create_time: integer(e, "cc_create_time"),
+                user_id_type: text(e, "user_id_type"),
+            },
         }),
         _ => return None,
     };
     Some(update)
+}
+
+/// `{"zh_cn": …, "en_us": …}` (or `zh-CN`/`en-US`, as some Feishu answers spell them).
+fn i18n(e: &Map<String, Value>, key: &str) -> Option<I18nText> {
+    let o = e.get(key)?.as_object()?;
+    let pick = |a: &str, b: &str| text(o, a).or_else(|| text(o, b));
+    let name = I18nText {
+        zh_cn: pick("zh_cn", "zh-CN"),
+        en_us: pick("en_us", "en-US"),
+    };
+    (name != I18nText::default()).then_some(name)
+}
+
+fn links(e: &Map<String, Value>, key: &str) -> Option<Links> {
+    let o = e.get(key)?.as_object()?;
+    let links = Links {
+        web: text(o, "web_link"),
+        pc: text(o, "pc_link"),
+        mobile: text(o, "mobile_link"),
+    };
+    (links != Links::default()).then_some(links)
+}
+
+fn abstracts(e: &Map<String, Value>, key: &str) -> Option<Vec<Abstract>> {
+    let items = e.get(key)?.as_array()?;
+    Some(
+        items
+            .iter()
+            .filter_map(Value::as_object)
+            .map(|a| Abstract {
+                name: i18n(a, "name").unwrap_or_default(),
+                value: i18n(a, "value").unwrap_or_default(),
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -132,6 +196,7 @@ mod tests {
                     r#"{"process_id":"p","status":9,"biz_type":"b","flow_definition_id":"f","properties":1}"#,
                 ),
                 Update::Process(ProcessUpdate {
+                    info: Default::default(),
                     process_id: "p".into(),
                     status: Some(ProcessStatus::COMPLETED),
                     biz_type: Some("b".into()),
@@ -145,6 +210,7 @@ mod tests {
                     r#"{"process_id":"p","status":1}"#,
                 ),
                 Update::Process(ProcessUpdate {
+                    info: Default::default(),
                     process_id: "p".into(),
                     status: Some(ProcessStatus::IN_PROGRESS),
                     biz_type: None,
@@ -173,6 +239,7 @@ mod tests {
                     r#"{"process_id":"p","approver_id":"a","type":1,"status":1,"biz_type":"b","flow_definition_id":"f","node_definition_id":"approval_1","node_id":"old","node_id_str":"n"}"#,
                 ),
                 Update::Task(TaskUpdate {
+                    info: Default::default(),
                     approver_id: "a".into(),
                     process_id: "p".into(),
                     task_type: Some(TaskType::APPROVAL),
@@ -189,6 +256,7 @@ mod tests {
                     r#"{"process_id":"p","approver_id":"c","status":5,"biz_type":"b"}"#,
                 ),
                 Update::Cc(CcUpdate {
+                    info: Default::default(),
                     approver_id: "c".into(),
                     process_id: "p".into(),
                     status: Some(CcStatus::DELIVERED),

@@ -12,7 +12,13 @@ use sha2::{Digest, Sha256};
 
 /// The events of `detail`, seen at `seen_ms` (Unix ms by Feishu's clock) through `app_id`:
 /// the process first, then its tasks and cc tasks.
-pub fn observations(detail: &ProcessDetail, seen_ms: i64, app_id: &str) -> Vec<Event> {
+/// `user_id_type` is the id type the answer's user ids are in.
+pub fn observations(
+    detail: &ProcessDetail,
+    seen_ms: i64,
+    app_id: &str,
+    user_id_type: &str,
+) -> Vec<Event> {
     let process_id = detail.process_id.as_str();
     let biz_type = detail.flow_template_id.as_deref();
     let mut bodies = vec![(
@@ -23,6 +29,15 @@ pub fn observations(detail: &ProcessDetail, seen_ms: i64, app_id: &str) -> Vec<E
             "biz_type": biz_type,
             "flow_definition_id": detail.flow_definition_id,
             "properties": detail.properties,
+            "process_name": detail.process_name,
+            "flow_definition_name": detail.flow_definition_name,
+            "initiator_id": detail.initiator_id,
+            "initiator_name": detail.initiator_name,
+            "process_create_time": detail.create_time,
+            "process_complete_time": detail.complete_time,
+            "links": detail.start_links,
+            "abstracts": detail.abstracts,
+            "user_id_type": user_id_type,
         }),
     )];
     let open = detail.todos.iter().chain(&detail.system_todos);
@@ -31,7 +46,9 @@ pub fn observations(detail: &ProcessDetail, seen_ms: i64, app_id: &str) -> Vec<E
         .map(|t| (t, Some(TaskStatus::TODO.0)))
         .chain(done.map(|t| (t, t.status)));
     for (task, status) in tasks {
-        bodies.push((event_types::REST_TASK, task_body(detail, task, status)));
+        let mut body = task_body(detail, task, status);
+        body["user_id_type"] = json!(user_id_type);
+        bodies.push((event_types::REST_TASK, body));
     }
     for cc in &detail.cc_list {
         bodies.push((
@@ -41,6 +58,11 @@ pub fn observations(detail: &ProcessDetail, seen_ms: i64, app_id: &str) -> Vec<E
                 "approver_id": cc.approver_id,
                 "status": crate::domain::CcStatus::DELIVERED.0,
                 "biz_type": biz_type,
+                "operator_id": cc.operator_id,
+                "operator_name": cc.operator_name,
+                "node_name": cc.node_name,
+                "cc_create_time": cc.create_time,
+                "user_id_type": user_id_type,
             }),
         ));
     }
@@ -59,6 +81,13 @@ fn task_body(detail: &ProcessDetail, task: &TaskItem, status: Option<i32>) -> Va
         "biz_type": detail.flow_template_id,
         "flow_definition_id": detail.flow_definition_id,
         "node_definition_id": task.node_definition_id,
+        "operator_id": task.operator_id,
+        "operator_name": task.operator_name,
+        "node_name": task.node_name,
+        "links": task.links,
+        "task_create_time": task.create_time,
+        "task_complete_time": task.complete_time,
+        "approval_opinion": task.approval_opinion,
     })
 }
 
@@ -107,7 +136,7 @@ mod tests {
 
     #[test]
     fn a_detail_becomes_process_task_and_cc_observations_timed_by_feishu() {
-        let events = observations(&detail(), 1_719_391_068_000, "cli_a");
+        let events = observations(&detail(), 1_719_391_068_000, "cli_a", "open_id");
         assert_eq!(events.len(), 4);
         assert!(events.iter().all(|e| e.source == EventSource::Rest
             && e.create_time == 1_719_391_068_000
@@ -139,7 +168,7 @@ mod tests {
     #[test]
     fn the_same_answer_is_one_observation_and_a_later_one_another() {
         let ids = |seen| -> Vec<String> {
-            observations(&detail(), seen, "cli_a")
+            observations(&detail(), seen, "cli_a", "open_id")
                 .into_iter()
                 .map(|e| e.event_id)
                 .collect()
@@ -152,7 +181,7 @@ mod tests {
     fn a_field_the_answer_lacks_is_absent_not_null() {
         let mut d = detail();
         d.status = None;
-        let events = observations(&d, 1000, "cli_a");
+        let events = observations(&d, 1000, "cli_a", "open_id");
         let Some(Update::Process(p)) = &events[0].update else {
             panic!()
         };

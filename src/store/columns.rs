@@ -53,6 +53,21 @@ impl Columns for ProcessState {
             ("change_time", Value::Time(self.change_time)),
             ("revision", Value::BigInt(Some(self.revision))),
             ("versions", versions(&self.versions)),
+            ("process_name", opt(&self.info.process_name)),
+            ("flow_definition_name", opt(&self.info.flow_definition_name)),
+            ("initiator_id", opt(&self.info.initiator_id)),
+            ("initiator_name", opt(&self.info.initiator_name)),
+            (
+                "process_create_time",
+                Value::BigInt(self.info.process_create_time),
+            ),
+            (
+                "process_complete_time",
+                Value::BigInt(self.info.process_complete_time),
+            ),
+            ("links", opt(&self.info.links)),
+            ("abstracts", opt(&self.info.abstracts)),
+            ("user_id_type", opt(&self.info.user_id_type)),
         ]
     }
 }
@@ -100,6 +115,20 @@ impl Columns for TaskState {
             ("change_time", Value::Time(self.change_time)),
             ("revision", Value::BigInt(Some(self.revision))),
             ("versions", versions(&self.versions)),
+            ("operator_id", opt(&self.info.operator_id)),
+            ("operator_name", opt(&self.info.operator_name)),
+            ("node_name", opt(&self.info.node_name)),
+            ("links", opt(&self.info.links)),
+            (
+                "task_create_time",
+                Value::BigInt(self.info.task_create_time),
+            ),
+            (
+                "task_complete_time",
+                Value::BigInt(self.info.task_complete_time),
+            ),
+            ("approval_opinion", opt(&self.info.approval_opinion)),
+            ("user_id_type", opt(&self.info.user_id_type)),
         ]
     }
 }
@@ -120,6 +149,11 @@ impl Columns for CcState {
             ("change_time", Value::Time(self.change_time)),
             ("revision", Value::BigInt(Some(self.revision))),
             ("versions", versions(&self.versions)),
+            ("operator_id", opt(&self.info.operator_id)),
+            ("operator_name", opt(&self.info.operator_name)),
+            ("node_name", opt(&self.info.node_name)),
+            ("cc_create_time", Value::BigInt(self.info.cc_create_time)),
+            ("user_id_type", opt(&self.info.user_id_type)),
         ]
     }
 }

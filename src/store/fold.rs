@@ -11,7 +11,9 @@
 //! child's revision.
 
 use super::merge::{Merge, observed_status};
-use super::rows::{CcState, NodeState, ProcessState, TaskState};
+use super::rows::{
+    CcInfoRow, CcState, NodeState, ProcessInfoRow, ProcessState, TaskInfoRow, TaskState,
+};
 use crate::domain::{
     CcUpdate, Event, NodeUpdate, ProcessStatus, ProcessUpdate, TaskStatus, TaskUpdate, Update,
 };
@@ -276,6 +278,17 @@ macro_rules! merge {
     };
 }
 
+/// Merges every field of an entity's info columns (what REST observations tell), as `merge!`
+/// merges one.
+macro_rules! merge_info {
+    ($m:ident, $old:ident, $new:expr, $ty:ident { $($f:ident),+ $(,)? }) => {{
+        let new = $new;
+        $ty {
+            $($f: $m.field(stringify!($f), &new.$f, $old.and_then(|o| o.info.$f.as_ref())),)+
+        }
+    }};
+}
+
 /// What the fold keeps of a stored row whose stamps moved but whose values did not.
 trait Kept {
     fn keep(&mut self, revision: i64, change_time: DateTime<Utc>);
@@ -332,8 +345,25 @@ impl Folder<'_> {
         let properties = merge!(m, old, properties, u.properties.map(|p| p.0));
         let tenant_key = merge!(m, old, tenant_key, event.tenant_key);
         let app_id = merge!(m, old, app_id, event.app_id);
+        let info = merge_info!(
+            m,
+            old,
+            ProcessInfoRow::from(&u.info),
+            ProcessInfoRow {
+                process_name,
+                flow_definition_name,
+                initiator_id,
+                initiator_name,
+                process_create_time,
+                process_complete_time,
+                links,
+                abstracts,
+                user_id_type,
+            }
+        );
         let (event_time, event_id) = m.entity(stored);
         let row = ProcessState {
+            info,
             process_id: u.process_id.clone(),
             status,
             biz_type,
@@ -371,6 +401,7 @@ impl Folder<'_> {
         let app_id = merge!(m, old, app_id, event.app_id);
         m.changed |= old.is_none();
         let row = ProcessState {
+            info: old.map(|o| o.info.clone()).unwrap_or_default(),
             process_id: process_id.to_owned(),
             status: old.and_then(|o| o.status),
             biz_type,
@@ -532,8 +563,24 @@ impl Folder<'_> {
         let process_node_id = merge!(m, old, process_node_id, u.process_node_id);
         let tenant_key = merge!(m, old, tenant_key, event.tenant_key);
         let app_id = merge!(m, old, app_id, event.app_id);
+        let info = merge_info!(
+            m,
+            old,
+            TaskInfoRow::from(&u.info),
+            TaskInfoRow {
+                operator_id,
+                operator_name,
+                node_name,
+                links,
+                task_create_time,
+                task_complete_time,
+                approval_opinion,
+                user_id_type,
+            }
+        );
         let (event_time, event_id) = m.entity(stored);
         let row = TaskState {
+            info,
             approver_id: u.approver_id.clone(),
             process_id: u.process_id.clone(),
             task_type,
@@ -566,8 +613,21 @@ impl Folder<'_> {
         let biz_type = merge!(m, old, biz_type, u.biz_type);
         let tenant_key = merge!(m, old, tenant_key, event.tenant_key);
         let app_id = merge!(m, old, app_id, event.app_id);
+        let info = merge_info!(
+            m,
+            old,
+            CcInfoRow::from(&u.info),
+            CcInfoRow {
+                operator_id,
+                operator_name,
+                node_name,
+                cc_create_time,
+                user_id_type,
+            }
+        );
         let (event_time, event_id) = m.entity(stored);
         let row = CcState {
+            info,
             approver_id: u.approver_id.clone(),
             process_id: u.process_id.clone(),
             status,
@@ -608,6 +668,7 @@ mod tests {
 
     fn status(process: &str, s: i32, biz: Option<&str>) -> Option<Update> {
         Some(Update::Process(ProcessUpdate {
+            info: Default::default(),
             process_id: process.into(),
             status: Some(ProcessStatus(s)),
             biz_type: biz.map(Into::into),
@@ -618,6 +679,7 @@ mod tests {
 
     fn task(process: &str, task: &str, s: i32) -> Option<Update> {
         Some(Update::Task(TaskUpdate {
+            info: Default::default(),
             approver_id: task.into(),
             process_id: process.into(),
             task_type: None,
@@ -701,6 +763,7 @@ mod tests {
         current.tasks.insert(
             "task".into(),
             TaskState {
+                info: Default::default(),
                 approver_id: "task".into(),
                 process_id: "p".into(),
                 task_type: Some(1),
@@ -722,6 +785,7 @@ mod tests {
         current.processes.insert(
             "p".into(),
             ProcessState {
+                info: Default::default(),
                 process_id: "p".into(),
                 status: None,
                 biz_type: Some("leave".into()),

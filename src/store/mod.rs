@@ -123,6 +123,8 @@ pub struct ProcessFilter {
     pub biz_type: Option<String>,
     pub flow_definition_id: Option<String>,
     pub changed_since: Option<DateTime<Utc>>,
+    /// Started by this user (REST-known).
+    pub initiator_id: Option<String>,
 }
 
 /// Filter of `ListTasks`. Empty fields match everything.
@@ -135,6 +137,8 @@ pub struct TaskFilter {
     pub flow_definition_id: Option<String>,
     pub node_definition_id: Option<String>,
     pub changed_since: Option<DateTime<Utc>>,
+    /// Assigned to this user (REST-known).
+    pub assignee_id: Option<String>,
 }
 
 /// Keyset page position: items ordered by their id, starting after `after`.

@@ -3,8 +3,9 @@
 //! these types.
 
 use crate::domain::{
-    CcStatus, CcTask, Node, NodeStatus, NodeType, Process, ProcessDetail, ProcessProperties,
-    ProcessStatus, Provenance, Task, TaskStatus, TaskType,
+    Abstract, CcInfo, CcStatus, CcTask, I18nText, Links, Node, NodeStatus, NodeType, Process,
+    ProcessDetail, ProcessInfo, ProcessProperties, ProcessStatus, Provenance, Task, TaskInfo,
+    TaskStatus, TaskType,
 };
 use crate::store::StoreError;
 use chrono::{DateTime, Utc};
@@ -43,6 +44,44 @@ pub(super) fn decode_detail(
 /// invariant 3 (`fold.rs`). Rows stored before it was kept have none.
 pub(super) type Versions = std::collections::BTreeMap<String, (i64, String)>;
 
+/// The `processes` columns only REST observations fill (`domain::ProcessInfo`); names, links
+/// and abstracts as JSON text, the same on both stores.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub(super) struct ProcessInfoRow {
+    pub process_name: Option<String>,
+    pub flow_definition_name: Option<String>,
+    pub initiator_id: Option<String>,
+    pub initiator_name: Option<String>,
+    pub process_create_time: Option<i64>,
+    pub process_complete_time: Option<i64>,
+    pub links: Option<String>,
+    pub abstracts: Option<String>,
+    pub user_id_type: Option<String>,
+}
+
+/// The `tasks` columns only REST observations fill (`domain::TaskInfo`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub(super) struct TaskInfoRow {
+    pub operator_id: Option<String>,
+    pub operator_name: Option<String>,
+    pub node_name: Option<String>,
+    pub links: Option<String>,
+    pub task_create_time: Option<i64>,
+    pub task_complete_time: Option<i64>,
+    pub approval_opinion: Option<String>,
+    pub user_id_type: Option<String>,
+}
+
+/// The `cc_tasks` columns only REST observations fill (`domain::CcInfo`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub(super) struct CcInfoRow {
+    pub operator_id: Option<String>,
+    pub operator_name: Option<String>,
+    pub node_name: Option<String>,
+    pub cc_create_time: Option<i64>,
+    pub user_id_type: Option<String>,
+}
+
 /// A `processes` row; serialized, it is what `to_jsonb(row)` gives.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub(super) struct ProcessState {
@@ -61,6 +100,10 @@ pub(super) struct ProcessState {
     #[serde(default)]
     #[sqlx(json)]
     pub versions: Versions,
+    /// What REST observations tell (absent from rows stored before they were kept).
+    #[serde(flatten, default)]
+    #[sqlx(flatten)]
+    pub info: ProcessInfoRow,
 }
 
 /// A `nodes` row.
@@ -106,6 +149,10 @@ pub(super) struct TaskState {
     #[serde(default)]
     #[sqlx(json)]
     pub versions: Versions,
+    /// What REST observations tell (absent from rows stored before they were kept).
+    #[serde(flatten, default)]
+    #[sqlx(flatten)]
+    pub info: TaskInfoRow,
 }
 
 /// A `cc_tasks` row.
@@ -125,6 +172,10 @@ pub(super) struct CcState {
     #[serde(default)]
     #[sqlx(json)]
     pub versions: Versions,
+    /// What REST observations tell (absent from rows stored before they were kept).
+    #[serde(flatten, default)]
+    #[sqlx(flatten)]
+    pub info: CcInfoRow,
 }
 
 impl From<ProcessState> for Process {
@@ -135,6 +186,7 @@ impl From<ProcessState> for Process {
             biz_type: r.biz_type,
             flow_definition_id: r.flow_definition_id,
             properties: r.properties.map(ProcessProperties),
+            info: r.info.into(),
             provenance: Provenance {
                 tenant_key: r.tenant_key,
                 app_id: r.app_id,
@@ -178,6 +230,7 @@ impl From<TaskState> for Task {
             flow_definition_id: r.flow_definition_id,
             node_definition_id: r.node_definition_id,
             process_node_id: r.process_node_id,
+            info: r.info.into(),
             provenance: Provenance {
                 tenant_key: r.tenant_key,
                 app_id: r.app_id,
@@ -196,6 +249,7 @@ impl From<CcState> for CcTask {
             process_id: r.process_id,
             status: r.status.map(CcStatus),
             biz_type: r.biz_type,
+            info: r.info.into(),
             provenance: Provenance {
                 tenant_key: r.tenant_key,
                 app_id: r.app_id,
@@ -203,6 +257,149 @@ impl From<CcState> for CcTask {
                 change_time: r.change_time,
                 revision: r.revision,
             },
+        }
+    }
+}
+
+fn i18n_json(t: &I18nText) -> serde_json::Value {
+    serde_json::json!({"zh_cn": t.zh_cn, "en_us": t.en_us})
+}
+
+fn i18n_text(t: &Option<I18nText>) -> Option<String> {
+    t.as_ref().map(|t| i18n_json(t).to_string())
+}
+
+fn i18n_of(v: &serde_json::Value) -> I18nText {
+    let text = |k: &str| v.get(k).and_then(|s| s.as_str()).map(str::to_owned);
+    I18nText {
+        zh_cn: text("zh_cn"),
+        en_us: text("en_us"),
+    }
+}
+
+fn i18n_parse(text: Option<String>) -> Option<I18nText> {
+    serde_json::from_str(&text?).ok().map(|v| i18n_of(&v))
+}
+
+fn links_text(l: &Option<Links>) -> Option<String> {
+    l.as_ref()
+        .map(|l| serde_json::json!({"web": l.web, "pc": l.pc, "mobile": l.mobile}).to_string())
+}
+
+fn links_parse(text: Option<String>) -> Option<Links> {
+    let v: serde_json::Value = serde_json::from_str(&text?).ok()?;
+    let text = |k: &str| v.get(k).and_then(|s| s.as_str()).map(str::to_owned);
+    Some(Links {
+        web: text("web"),
+        pc: text("pc"),
+        mobile: text("mobile"),
+    })
+}
+
+fn abstracts_text(a: &Option<Vec<Abstract>>) -> Option<String> {
+    a.as_ref().map(|a| {
+        let items: Vec<_> = a
+            .iter()
+            .map(|a| serde_json::json!({"name": i18n_json(&a.name), "value": i18n_json(&a.value)}))
+            .collect();
+        serde_json::Value::from(items).to_string()
+    })
+}
+
+fn abstracts_parse(text: Option<String>) -> Option<Vec<Abstract>> {
+    let v: Vec<serde_json::Value> = serde_json::from_str(&text?).ok()?;
+    Some(
+        v.iter()
+            .map(|a| Abstract {
+                name: i18n_of(&a["name"]),
+                value: i18n_of(&a["value"]),
+            })
+            .collect(),
+    )
+}
+
+impl From<&ProcessInfo> for ProcessInfoRow {
+    fn from(i: &ProcessInfo) -> Self {
+        Self {
+            process_name: i18n_text(&i.name),
+            flow_definition_name: i18n_text(&i.flow_definition_name),
+            initiator_id: i.initiator_id.clone(),
+            initiator_name: i18n_text(&i.initiator_name),
+            process_create_time: i.create_time,
+            process_complete_time: i.complete_time,
+            links: links_text(&i.links),
+            abstracts: abstracts_text(&i.abstracts),
+            user_id_type: i.user_id_type.clone(),
+        }
+    }
+}
+
+impl From<ProcessInfoRow> for ProcessInfo {
+    fn from(r: ProcessInfoRow) -> Self {
+        Self {
+            name: i18n_parse(r.process_name),
+            flow_definition_name: i18n_parse(r.flow_definition_name),
+            initiator_id: r.initiator_id,
+            initiator_name: i18n_parse(r.initiator_name),
+            create_time: r.process_create_time,
+            complete_time: r.process_complete_time,
+            links: links_parse(r.links),
+            abstracts: abstracts_parse(r.abstracts),
+            user_id_type: r.user_id_type,
+        }
+    }
+}
+
+impl From<&TaskInfo> for TaskInfoRow {
+    fn from(i: &TaskInfo) -> Self {
+        Self {
+            operator_id: i.operator_id.clone(),
+            operator_name: i18n_text(&i.operator_name),
+            node_name: i18n_text(&i.node_name),
+            links: links_text(&i.links),
+            task_create_time: i.create_time,
+            task_complete_time: i.complete_time,
+            approval_opinion: i.approval_opinion.clone(),
+            user_id_type: i.user_id_type.clone(),
+        }
+    }
+}
+
+impl From<TaskInfoRow> for TaskInfo {
+    fn from(r: TaskInfoRow) -> Self {
+        Self {
+            operator_id: r.operator_id,
+            operator_name: i18n_parse(r.operator_name),
+            node_name: i18n_parse(r.node_name),
+            links: links_parse(r.links),
+            create_time: r.task_create_time,
+            complete_time: r.task_complete_time,
+            approval_opinion: r.approval_opinion,
+            user_id_type: r.user_id_type,
+        }
+    }
+}
+
+impl From<&CcInfo> for CcInfoRow {
+    fn from(i: &CcInfo) -> Self {
+        Self {
+            operator_id: i.operator_id.clone(),
+            operator_name: i18n_text(&i.operator_name),
+            node_name: i18n_text(&i.node_name),
+            cc_create_time: i.create_time,
+            user_id_type: i.user_id_type.clone(),
+        }
+    }
+}
+
+impl From<CcInfoRow> for CcInfo {
+    fn from(r: CcInfoRow) -> Self {
+        Self {
+            operator_id: r.operator_id,
+            operator_name: i18n_parse(r.operator_name),
+            node_name: i18n_parse(r.node_name),
+            create_time: r.cc_create_time,
+            user_id_type: r.user_id_type,
         }
     }
 }

@@ -23,8 +23,14 @@ fn truth(now: i64) -> Vec<Value> {
     (0..250)
         .map(|i| {
             let id = format!("{}", 7_300_000_000_000_000_000i64 + i);
-            let task = json!([{"approver_id": format!("{id}9"), "type": 1}]);
-            let done = json!([{"approver_id": format!("{id}9"), "type": 1, "status": 3}]);
+            let person = json!({"operator_id": format!("ou_{}", i % 5),
+                                "operator_name": {"zh_cn": format!("审批人{}", i % 5), "en_us": format!("Approver {}", i % 5)}});
+            let mut open = json!({"approver_id": format!("{id}9"), "type": 1, "node_name": {"en_us": "Manager"}});
+            let mut closed = json!({"approver_id": format!("{id}9"), "type": 1, "status": 3, "approval_opinion": "ok"});
+            for item in [&mut open, &mut closed] {
+                item.as_object_mut().unwrap().extend(person.as_object().unwrap().clone());
+            }
+            let (task, done) = (json!([open]), json!([closed]));
             let (status, todos, done_list) = if i % 2 == 0 {
                 (1, task, json!([]))
             } else {
@@ -33,6 +39,9 @@ fn truth(now: i64) -> Vec<Value> {
             json!({
                 "process_id": id, "status": status, "flow_template_id": "leave",
                 "modify_time": (now - 40 * DAY + 1 + i * (39 * DAY / 250)).to_string(),
+                "process_name": {"zh_cn": "请假", "en_us": "Leave"},
+                "initiator_id": "ou_initiator", "initiator_name": {"zh_cn": "李雷", "en_us": "Li Lei"},
+                "start_links": {"web_link": format!("https://example.feishu.cn/p/{id}")},
                 "todos": todos, "done_list": done_list,
             })
         })
@@ -101,7 +110,98 @@ crate::on_both_stores! {
         assert_matches(&*store, &truth).await;
         assert_eq!(backfill::saved(&*store).await.unwrap(), None, "finished: nothing to continue");
         store.close().await;
+        people_over_grpc(&db).await;
     }
+}
+
+/// What REST told is served: names and people in GetProcess, pending approvals of one person,
+/// processes one person started.
+async fn people_over_grpc(db: &TestDb) {
+    use process_state::api::pb;
+    let app = crate::common::TestApp::spawn(config(db)).await;
+    let mut api = app.api().await;
+    let process = api
+        .get_process(pb::GetProcessRequest {
+            process_id: "7300000000000000000".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .process
+        .unwrap();
+    assert_eq!(process.name.unwrap().en_us, "Leave");
+    let initiator = process.initiator.unwrap();
+    assert_eq!(
+        (
+            initiator.user_id.as_str(),
+            initiator.name.unwrap().zh_cn.as_str()
+        ),
+        ("ou_initiator", "李雷")
+    );
+    assert_eq!(
+        process.links.unwrap().web,
+        "https://example.feishu.cn/p/7300000000000000000"
+    );
+    assert_eq!(process.user_id_type, "open_id");
+    let task = &process.tasks[0];
+    let assignee = task.assignee.clone().unwrap();
+    assert_eq!(
+        (
+            assignee.user_id.as_str(),
+            assignee.name.unwrap().en_us.as_str()
+        ),
+        ("ou_0", "Approver 0")
+    );
+    assert_eq!(task.node_name.clone().unwrap().en_us, "Manager");
+
+    // Pending approvals of ou_3: the open tasks of even i with i % 5 == 3, 25 of them.
+    let (mut pending, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = api
+            .list_tasks(pb::ListTasksRequest {
+                assignee_id: "ou_3".into(),
+                statuses: vec![pb::TaskStatus::Todo as i32],
+                page_size: 10,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pending.extend(page.tasks);
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(pending.len(), 25);
+    assert!(
+        pending
+            .iter()
+            .all(|t| t.assignee.as_ref().unwrap().user_id == "ou_3" && t.status == 1)
+    );
+
+    let started = api
+        .list_processes(pb::ListProcessesRequest {
+            initiator_id: "ou_initiator".into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.processes.len(), 250);
+    let nobody = api
+        .list_processes(pb::ListProcessesRequest {
+            initiator_id: "ou_nobody".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(nobody.processes.is_empty());
+    app.stop().await;
 }
 
 /// Runs `backfill` with `secret`; returns whether it succeeded and all it printed.

@@ -82,13 +82,13 @@ crate::on_both_stores! {
         let store = store(&db).await;
 
         // Before any event: known from REST alone.
-        let outcomes = store.ingest(&observations(&in_progress(), T0, "cli_a")).await.unwrap();
+        let outcomes = store.ingest(&observations(&in_progress(), T0, "cli_a", "open_id")).await.unwrap();
         assert!(outcomes.iter().all(|o| matches!(o, Outcome::Applied { .. })), "{outcomes:?}");
         let (process, task, revision) = state(&*store).await;
         assert_eq!((process, task), (Some(ProcessStatus::IN_PROGRESS), Some(TaskStatus::TODO)));
 
         // The same answer a minute later: stored, but no revision.
-        let again = observations(&in_progress(), T0 + 60 * SECOND, "cli_a");
+        let again = observations(&in_progress(), T0 + 60 * SECOND, "cli_a", "open_id");
         let outcomes = store.ingest(&again).await.unwrap();
         assert!(outcomes.iter().all(|o| *o == Outcome::Kept), "{outcomes:?}");
         assert_eq!(state(&*store).await.2, revision);
@@ -107,7 +107,7 @@ crate::on_both_stores! {
         assert_eq!((process, task), (Some(ProcessStatus::COMPLETED), Some(TaskStatus::DONE)));
 
         // A stale answer, dated after the events (a lagging Feishu replica): nothing reopens.
-        let stale = observations(&in_progress(), T0 + 200 * SECOND, "cli_a");
+        let stale = observations(&in_progress(), T0 + 200 * SECOND, "cli_a", "open_id");
         store.ingest(&stale).await.unwrap();
         assert_eq!(
             state(&*store).await,
@@ -145,7 +145,7 @@ crate::on_both_stores! {
         let (_, _, before) = state(&*store).await;
 
         // The events that finished it were lost; reconciliation's answer says so.
-        store.ingest(&observations(&completed(), T0 + 3600 * SECOND, "cli_a")).await.unwrap();
+        store.ingest(&observations(&completed(), T0 + 3600 * SECOND, "cli_a", "open_id")).await.unwrap();
         let (process, task, after) = state(&*store).await;
         assert_eq!((process, task), (Some(ProcessStatus::COMPLETED), Some(TaskStatus::DONE)));
         assert_eq!(after, before + 2, "one revision for the process, one for the task");

@@ -329,6 +329,7 @@ fn stream(
                     biz_type: filter.biz_type.clone(),
                     flow_definition_id: filter.flow_definition_id.clone(),
                     changed_since: None,
+                    initiator_id: None,
                 };
                 let (reader, mut items) = snapshot::start(w.store.clone(), process_filter, w.snapshots.clone(), w.config);
                 let (mut first, mut last, mut count) = (None, 0, 0);

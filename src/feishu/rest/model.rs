@@ -2,10 +2,10 @@
 //! (feishu-protocol.md §4.2–4.5): ids, i18n names in both key spellings, times as strings of
 //! Unix milliseconds. Unknown fields are ignored; absent ones are `None` or empty.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A name in the languages Feishu gives (`zh_cn`/`en_us`; some APIs answer `zh-CN`/`en-US`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct I18n {
     #[serde(default, alias = "zh-CN")]
     pub zh_cn: Option<String>,
@@ -13,7 +13,7 @@ pub struct I18n {
     pub en_us: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Links {
     #[serde(default)]
     pub web_link: Option<String>,
@@ -34,7 +34,7 @@ pub struct ProcessIds {
     pub page_token: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Abstract {
     #[serde(default)]
     pub name: Option<I18n>,

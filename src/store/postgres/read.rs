@@ -54,6 +54,7 @@ pub(super) async fn list_processes(
     push_in(&mut q, "status", f.statuses.iter().map(|s| s.0).collect());
     push_eq(&mut q, "biz_type", &f.biz_type);
     push_eq(&mut q, "flow_definition_id", &f.flow_definition_id);
+    push_eq(&mut q, "initiator_id", &f.initiator_id);
     if let Some(since) = f.changed_since {
         q.push(" and change_time >= ").push_bind(since);
     }
@@ -75,6 +76,7 @@ pub(super) async fn list_tasks(
     push_eq(&mut q, "biz_type", &f.biz_type);
     push_eq(&mut q, "flow_definition_id", &f.flow_definition_id);
     push_eq(&mut q, "node_definition_id", &f.node_definition_id);
+    push_eq(&mut q, "operator_id", &f.assignee_id);
     if let Some(since) = f.changed_since {
         q.push(" and change_time >= ").push_bind(since);
     }

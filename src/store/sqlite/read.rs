@@ -91,6 +91,7 @@ fn push_eq(q: &mut QueryBuilder<'_, Sqlite>, column: &str, value: &Option<String
 
 fn push_process_filter(q: &mut QueryBuilder<'_, Sqlite>, f: &ProcessFilter) {
     push_in(q, "status", f.statuses.iter().map(|s| s.0).collect());
+    push_eq(q, "initiator_id", &f.initiator_id);
     push_eq(q, "biz_type", &f.biz_type);
     push_eq(q, "flow_definition_id", &f.flow_definition_id);
     if let Some(since) = f.changed_since {
@@ -176,6 +177,7 @@ pub(super) async fn list_tasks(
     push_eq(&mut q, "biz_type", &f.biz_type);
     push_eq(&mut q, "flow_definition_id", &f.flow_definition_id);
     push_eq(&mut q, "node_definition_id", &f.node_definition_id);
+    push_eq(&mut q, "operator_id", &f.assignee_id);
     if let Some(since) = f.changed_since {
         q.push(" and change_time >= ").push_bind(stored_time(since));
     }
