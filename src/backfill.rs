@@ -5,6 +5,7 @@
 //! page's observations in one ingest transaction. After each page it saves a cursor in the
 //! store, so a restart continues from there.
 
+use crate::domain::Event;
 use crate::feishu::rest::{RestClient, RestError};
 use crate::ingest::observe::observations;
 use crate::store::{Store, StoreError};
@@ -85,7 +86,6 @@ pub async fn run(
     mut cursor: Cursor,
     progress: &(dyn Fn(Step) + Sync),
 ) -> Result<Cursor, BackfillError> {
-    let (app_id, id_type) = (&client.config().app_id, &client.config().user_id_type);
     while cursor.window_from_ms <= cursor.until_ms {
         let window_to = (cursor.window_from_ms + WINDOW_MS - 1).min(cursor.until_ms);
         let page = client
@@ -97,28 +97,9 @@ pub async fn run(
             .await?
             .data;
         progress(Step::Listed(page.process_ids.len() as u64));
-        let mut details = futures_util::stream::iter(&page.process_ids)
-            .map(|id| client.get_process(id))
-            .buffer_unordered(CONCURRENT_DETAILS);
-        let (mut events, mut fetched) = (Vec::new(), 0);
-        while let Some(answer) = details.next().await {
-            match answer {
-                Ok(answer) => {
-                    let seen = answer
-                        .date
-                        .unwrap_or_else(chrono::Utc::now)
-                        .timestamp_millis();
-                    events.extend(observations(&answer.data, seen, app_id, id_type));
-                    fetched += 1;
-                }
-                Err(RestError::Api { code, msg, .. }) if code == NOT_SERVED => {
-                    warn!(code, msg, "a listed process has no detail; skipped");
-                    progress(Step::Skipped(1));
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
-        drop(details);
+        let observed = fetch_details(client, &page.process_ids, progress).await?;
+        let fetched = observed.len() as u64;
+        let events: Vec<_> = observed.into_iter().flat_map(|(_, e)| e).collect();
         store.ingest(&events).await?;
         cursor.applied += fetched;
         progress(Step::Applied(fetched));
@@ -135,6 +116,54 @@ pub async fn run(
     save(store, &cursor).await?;
     info!(applied = cursor.applied, "backfill finished");
     Ok(cursor)
+}
+
+/// Fetches the details of `ids`, a few at a time within the detail limit, and returns each
+/// fetched process's observations; a process Feishu's detail API does not serve is skipped.
+pub(crate) async fn fetch_details(
+    client: &RestClient,
+    ids: &[String],
+    progress: &(dyn Fn(Step) + Sync),
+) -> Result<Vec<(String, Vec<Event>)>, RestError> {
+    let (app_id, id_type) = (&client.config().app_id, &client.config().user_id_type);
+    // Boxed: a future borrowing the client inside a stream combinator is otherwise not `Send`
+    // for every lifetime the spawned task needs (rust-lang/rust#102211).
+    type Fetch<'a> = futures_util::future::BoxFuture<
+        'a,
+        (
+            &'a String,
+            Result<
+                crate::feishu::rest::Answer<crate::feishu::rest::model::ProcessDetail>,
+                RestError,
+            >,
+        ),
+    >;
+    let fetches: Vec<Fetch<'_>> = ids
+        .iter()
+        .map(|id| -> Fetch<'_> { Box::pin(async move { (id, client.get_process(id).await) }) })
+        .collect();
+    let mut details = futures_util::stream::iter(fetches).buffer_unordered(CONCURRENT_DETAILS);
+    let mut observed = Vec::with_capacity(ids.len());
+    while let Some((id, answer)) = details.next().await {
+        match answer {
+            Ok(answer) => {
+                let seen = answer
+                    .date
+                    .unwrap_or_else(chrono::Utc::now)
+                    .timestamp_millis();
+                observed.push((
+                    id.clone(),
+                    observations(&answer.data, seen, app_id, id_type),
+                ));
+            }
+            Err(RestError::Api { code, msg, .. }) if code == NOT_SERVED => {
+                warn!(process_id = %id, code, msg, "a listed process has no detail; skipped");
+                progress(Step::Skipped(1));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(observed)
 }
 
 async fn save(store: &dyn Store, cursor: &Cursor) -> Result<(), StoreError> {

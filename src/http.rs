@@ -23,6 +23,9 @@ pub struct Probes {
     pub database: Readiness,
     /// The long-connection worker's state, when it is enabled.
     pub long_connection: Option<watch::Receiver<WorkerState>>,
+    /// Reconciliation's state, when it is on: shown, never a reason to be unready (events
+    /// still flow while Feishu's REST API is in trouble).
+    pub reconcile: Option<watch::Receiver<crate::reconcile::ReconcileState>>,
 }
 
 /// What `/metrics` reads at scrape time besides the registry.
@@ -99,6 +102,9 @@ async fn ready(State(probes): State<Probes>) -> impl IntoResponse {
             _ => None,
         };
         body["long_connection"] = json!({ "state": state.name(), "reason": reason });
+    }
+    if let Some(reconcile) = &probes.reconcile {
+        body["reconcile"] = json!(&*reconcile.borrow());
     }
     let status = if database && !stopped {
         StatusCode::OK

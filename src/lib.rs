@@ -40,6 +40,7 @@ pub mod http;
 pub mod ingest;
 pub mod intake;
 pub mod metrics;
+pub mod reconcile;
 pub mod reload;
 pub mod serve;
 pub mod simulate;

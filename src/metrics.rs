@@ -50,6 +50,12 @@ pub struct ReloadLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EntityLabels {
+    /// `process`, `task` or `cc_task`.
+    pub entity: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: String,
 }
@@ -77,6 +83,12 @@ pub struct Metrics {
     pub long_connection_reconnects: Counter,
     pub db_connections: Gauge,
     pub db_connections_idle: Gauge,
+    /// Calls to Feishu's REST API (`feishu_rest_requests_total`, `feishu_rest_rate_limited_total`).
+    pub rest: crate::feishu::rest::RestMetrics,
+    /// Entities reconciliation found wrong or missing and repaired: each one is an event lost.
+    pub reconcile_repaired: Family<EntityLabels, Counter>,
+    /// Process details the backfill has stored so far.
+    pub backfill_applied: Gauge,
 }
 
 impl Default for Metrics {
@@ -98,6 +110,9 @@ impl Default for Metrics {
             long_connection_reconnects: Counter::default(),
             db_connections: Gauge::default(),
             db_connections_idle: Gauge::default(),
+            rest: Default::default(),
+            reconcile_repaired: Family::default(),
+            backfill_applied: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -174,6 +189,17 @@ impl Default for Metrics {
             "db_connections_idle",
             "Idle database connections in the pool",
             m.db_connections_idle.clone(),
+        );
+        m.rest.register(&mut registry);
+        registry.register(
+            "reconcile_repaired",
+            "Entities reconciliation with Feishu's REST API found wrong or missing and repaired (each is a lost event: alert on it)",
+            m.reconcile_repaired.clone(),
+        );
+        registry.register(
+            "backfill_applied",
+            "Process details the REST backfill has stored",
+            m.backfill_applied.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -150,7 +150,12 @@ impl App {
         );
         let (reporter, health_service) = tonic_health::server::health_reporter();
         // Background jobs: each ends when `shutdown` fires.
-        let jobs = vec![
+        let reconcile = config
+            .reconcile
+            .clone()
+            .map(|c| crate::reconcile::start(store.clone(), c, metrics.clone(), shutdown.clone()));
+        let reconcile_state = reconcile.as_ref().map(|(state, _)| state.clone());
+        let mut jobs = vec![
             feed,
             tokio::spawn(prune(
                 store.clone(),
@@ -173,10 +178,12 @@ impl App {
                 shutdown.clone(),
             ),
         ];
+        jobs.extend(reconcile.map(|(_, job)| job));
 
         let probes = crate::http::Probes {
             database: store_health.subscribe(),
             long_connection: worker_state.clone(),
+            reconcile: reconcile_state,
         };
         let scrape = crate::http::Scrape {
             metrics: metrics.clone(),

@@ -215,12 +215,37 @@ pub struct Settings {
     /// Also receive events over Feishu's long connection (WebSocket) [default: false].
     #[arg(long, env = "PROCESS_STATE_LONG_CONNECTION", num_args = 0..=1, default_missing_value = "true")]
     pub long_connection: Option<bool>,
-    /// Feishu App ID (`cli_...`), for the long connection.
+    /// Feishu App ID (`cli_...`), for the long connection and reconciliation.
     #[arg(long, env = "FEISHU_APP_ID")]
     pub app_id: Option<String>,
-    /// Feishu App Secret, for the long connection.
+    /// Feishu App Secret, for the long connection and reconciliation.
     #[arg(long, env = "FEISHU_APP_SECRET", hide_env_values = true)]
     pub app_secret: Option<String>,
+    /// Reconcile with Feishu's REST API: back-fill an empty store once, then every
+    /// reconcile_interval_s fetch the processes modified in the last reconcile_lookback_s and
+    /// repair what lost events left wrong (needs app_id, app_secret) [default: false].
+    #[arg(long, env = "PROCESS_STATE_RECONCILE", num_args = 0..=1, default_missing_value = "true")]
+    pub reconcile: Option<bool>,
+    /// Seconds between reconciliation passes [default: 600].
+    #[arg(long, env = "PROCESS_STATE_RECONCILE_INTERVAL_S")]
+    pub reconcile_interval_s: Option<u64>,
+    /// Each pass looks at processes modified this many seconds back (more than the interval,
+    /// so passes overlap) [default: 1800].
+    #[arg(long, env = "PROCESS_STATE_RECONCILE_LOOKBACK_S")]
+    pub reconcile_lookback_s: Option<u64>,
+    /// How far back the first-start backfill of an empty store reaches, in days [default: 30].
+    #[arg(long, env = "PROCESS_STATE_BACKFILL_DAYS")]
+    pub backfill_days: Option<u64>,
+    /// Calls a minute to Feishu's process list API [default: 20, Feishu's limit].
+    #[arg(long, env = "PROCESS_STATE_REST_LIST_PER_MINUTE")]
+    pub rest_list_per_minute: Option<u32>,
+    /// Calls a minute to Feishu's process detail API [default: 100, Feishu's limit].
+    #[arg(long, env = "PROCESS_STATE_REST_DETAIL_PER_MINUTE")]
+    pub rest_detail_per_minute: Option<u32>,
+    /// The id type of user ids asked of Feishu: open_id, user_id, union_id or
+    /// people_corehr_id [default: open_id].
+    #[arg(long, env = "PROCESS_STATE_USER_ID_TYPE")]
+    pub user_id_type: Option<String>,
     /// Feishu Open Platform base URL [default: https://open.feishu.cn].
     #[arg(long, env = "FEISHU_BASE_URL")]
     pub feishu_base_url: Option<String>,
@@ -311,6 +336,13 @@ impl Settings {
             long_connection: Some(false),
             app_id: None,
             app_secret: None,
+            reconcile: Some(false),
+            reconcile_interval_s: Some(600),
+            reconcile_lookback_s: Some(1800),
+            backfill_days: Some(30),
+            rest_list_per_minute: Some(20),
+            rest_detail_per_minute: Some(100),
+            user_id_type: Some("open_id".into()),
             feishu_base_url: Some("https://open.feishu.cn".into()),
             cors_allow_origins: Some(Vec::new()),
             tls_cert_file: None,

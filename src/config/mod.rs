@@ -70,6 +70,8 @@ pub struct Config {
     pub feed_capacity: usize,
     /// The long-connection worker, when enabled.
     pub long_connection: Option<WorkerConfig>,
+    /// Reconciliation with Feishu's REST API, when on.
+    pub reconcile: Option<ReconcileConfig>,
     /// Browser origins allowed to use gRPC-web (exact `scheme://host[:port]` values).
     pub cors_allow_origins: Vec<http::HeaderValue>,
     /// TLS for the gRPC listener (and the HTTP one when `http_tls`).
@@ -163,6 +165,7 @@ impl Config {
             feed_poll_interval: Duration::from_secs(1),
             feed_capacity: 1024,
             long_connection: None,
+            reconcile: None,
             cors_allow_origins: Vec::new(),
             tls: None,
             http_tls: false,
@@ -198,6 +201,7 @@ impl std::fmt::Debug for Config {
             .field("feed_poll_interval", &self.feed_poll_interval)
             .field("feed_capacity", &self.feed_capacity)
             .field("long_connection", &self.long_connection)
+            .field("reconcile", &self.reconcile)
             .field("cors_allow_origins", &self.cors_allow_origins)
             .field("tls", &self.tls)
             .field("http_tls", &self.http_tls)
@@ -248,6 +252,62 @@ fn worker_config(s: &Settings) -> Result<WorkerConfig, ConfigError> {
         },
         chunk_limits: ChunkLimits::default(),
         dead_margin: Duration::from_secs(30),
+    })
+}
+
+/// What the reconciliation job needs: the REST client's settings and its schedule.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    pub rest: crate::feishu::rest::RestConfig,
+    pub interval: Duration,
+    pub lookback: Duration,
+    /// How far back the first-start backfill of an empty store reaches.
+    pub backfill: Duration,
+}
+
+fn reconcile_config(s: &Settings) -> Result<ReconcileConfig, ConfigError> {
+    let app_id = s
+        .app_id
+        .clone()
+        .filter(|id| !id.trim().is_empty())
+        .ok_or_else(|| invalid("app_id", "is required with reconcile"))?;
+    let app_secret = secret(s.app_secret.clone(), "app_secret")?
+        .ok_or_else(|| invalid("app_secret", "is required with reconcile"))?;
+    let base_url = s.feishu_base_url.clone().unwrap_or_default();
+    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+        return Err(invalid("feishu_base_url", "must be an http(s) URL"));
+    }
+    let mut rest = crate::feishu::rest::RestConfig::new(&base_url, &app_id, app_secret);
+    rest.list_per_minute = positive(s.rest_list_per_minute, "rest_list_per_minute")?;
+    rest.detail_per_minute = positive(s.rest_detail_per_minute, "rest_detail_per_minute")?;
+    rest.user_id_type = required(s.user_id_type.clone(), "user_id_type")?;
+    if !["open_id", "user_id", "union_id", "people_corehr_id"].contains(&rest.user_id_type.as_str())
+    {
+        return Err(invalid(
+            "user_id_type",
+            "must be open_id, user_id, union_id or people_corehr_id",
+        ));
+    }
+    let interval = Duration::from_secs(positive(s.reconcile_interval_s, "reconcile_interval_s")?);
+    let lookback = Duration::from_secs(positive(s.reconcile_lookback_s, "reconcile_lookback_s")?);
+    if lookback <= interval {
+        return Err(invalid(
+            "reconcile_lookback_s",
+            "must be more than reconcile_interval_s, so passes overlap",
+        ));
+    }
+    if lookback >= crate::feishu::rest::MAX_WINDOW {
+        return Err(invalid("reconcile_lookback_s", "must be under 31 days"));
+    }
+    let days = positive(s.backfill_days, "backfill_days")?;
+    if days > 3650 {
+        return Err(invalid("backfill_days", "must be at most 3650"));
+    }
+    Ok(ReconcileConfig {
+        rest,
+        interval,
+        lookback,
+        backfill: Duration::from_secs(days * 24 * 3600),
     })
 }
 
@@ -428,6 +488,9 @@ impl TryFrom<Settings> for Config {
         config.feed_poll_interval = ms(s.feed_poll_ms, "feed_poll_ms")?;
         if s.long_connection == Some(true) {
             config.long_connection = Some(worker_config(&s)?);
+        }
+        if s.reconcile == Some(true) {
+            config.reconcile = Some(reconcile_config(&s)?);
         }
         config.cors_allow_origins = cors_origins(s.cors_allow_origins.clone().unwrap_or_default())?;
         config.tls = tls_files(&s)?;

@@ -127,6 +127,48 @@ pub struct ProcessFilter {
     pub initiator_id: Option<String>,
 }
 
+/// A job's lock, held until [`JobLock::release`]; dropped without it, its connection is
+/// closed, which releases the lock too.
+#[derive(Debug)]
+pub struct JobLock {
+    conn: Option<sqlx::pool::PoolConnection<sqlx::Postgres>>,
+    key: i64,
+}
+
+impl JobLock {
+    pub(crate) fn held(conn: sqlx::pool::PoolConnection<sqlx::Postgres>, key: i64) -> Self {
+        Self {
+            conn: Some(conn),
+            key,
+        }
+    }
+
+    /// The lock of a store only this process uses.
+    pub(crate) fn process_wide(key: i64) -> Self {
+        Self { conn: None, key }
+    }
+
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let unlocked = sqlx::query("select pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut *conn)
+                .await;
+            if unlocked.is_err() {
+                conn.close_on_drop();
+            }
+        }
+    }
+}
+
+impl Drop for JobLock {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.close_on_drop();
+        }
+    }
+}
+
 /// Filter of `ListTasks`. Empty fields match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskFilter {
@@ -265,6 +307,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Prunes the change log; returns the new `pruned_through`.
     async fn prune(&self, retention: Retention) -> Result<i64, StoreError>;
+
+    /// Takes the lock of the job `key` for one replica at a time (Postgres: a session advisory
+    /// lock on a connection of its own; SQLite: one process serves the file, so always).
+    /// `None`: another replica holds it.
+    async fn try_job_lock(&self, key: i64) -> Result<Option<JobLock>, StoreError>;
 
     /// The saved cursor of the long job `name` (its own JSON), if any.
     async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError>;

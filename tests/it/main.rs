@@ -23,6 +23,7 @@ mod observations;
 mod ordering;
 mod overload;
 mod rebuild;
+mod reconcile;
 mod reflection;
 mod rest_client;
 mod security;

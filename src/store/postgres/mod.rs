@@ -253,6 +253,15 @@ impl Store for PgStore {
         .await?)
     }
 
+    async fn try_job_lock(&self, key: i64) -> Result<Option<super::JobLock>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let taken: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(taken.then(|| super::JobLock::held(conn, key)))
+    }
+
     async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
         Ok(
             sqlx::query_scalar("select value from cursors where name = $1")

@@ -215,6 +215,10 @@ impl Store for SqliteStore {
         .await?)
     }
 
+    async fn try_job_lock(&self, key: i64) -> Result<Option<super::JobLock>, StoreError> {
+        Ok(Some(super::JobLock::process_wide(key)))
+    }
+
     async fn cursor(&self, name: &str) -> Result<Option<String>, StoreError> {
         Ok(
             sqlx::query_scalar("select value from cursors where name = ?")
