@@ -33,6 +33,7 @@ pub mod caller;
 pub mod config;
 pub mod dashboard;
 pub mod domain;
+pub mod enrich;
 pub mod feed;
 pub mod feishu;
 pub mod health;

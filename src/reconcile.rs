@@ -40,6 +40,7 @@ pub struct ReconcileState {
 pub fn start(
     store: Arc<dyn Store>,
     config: ReconcileConfig,
+    client: Arc<RestClient>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> (watch::Receiver<ReconcileState>, tokio::task::JoinHandle<()>) {
@@ -48,7 +49,6 @@ pub fn start(
         ..Default::default()
     });
     let job = tokio::spawn(async move {
-        let client = RestClient::new(config.rest.clone(), metrics.rest.clone());
         let job = Job {
             store,
             client,
@@ -66,7 +66,7 @@ pub fn start(
 
 struct Job {
     store: Arc<dyn Store>,
-    client: RestClient,
+    client: Arc<RestClient>,
     config: ReconcileConfig,
     metrics: Arc<Metrics>,
     state: watch::Sender<ReconcileState>,

@@ -33,13 +33,20 @@ pub(super) fn start(
     metrics: Arc<Metrics>,
     cache: ProcessCache,
     store_health: StoreHealth,
+    enrich: crate::enrich::Enricher,
     shutdown: &CancellationToken,
 ) -> Result<Running, AppError> {
     let runtime = Intake::start(config.separate_intake)?;
     let handle = runtime.handle();
     let on_intake = handle.enter();
-    let (ingest, writer) =
-        Ingest::start(store, config.writer, metrics.clone(), cache, store_health);
+    let (ingest, writer) = Ingest::start(
+        store,
+        config.writer,
+        metrics.clone(),
+        cache,
+        store_health,
+        enrich,
+    );
     let webhook = WebhookState {
         auth: Arc::new(WebhookAuth::new(
             config.encrypt_key.clone(),

@@ -125,12 +125,38 @@ impl App {
         let store_health = crate::store::StoreHealth::new();
         store_health.set(true);
 
+        // Reconciliation and enrichment after events share one REST client (and its limits).
+        let reconcile = config.reconcile.clone().map(|c| {
+            let client = Arc::new(crate::feishu::rest::RestClient::new(
+                c.rest.clone(),
+                metrics.rest.clone(),
+            ));
+            let (state, job) = crate::reconcile::start(
+                store.clone(),
+                c,
+                client.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            let (enricher, enrich_job) = crate::enrich::start(
+                store.clone(),
+                client,
+                state.clone(),
+                ENRICH_DEBOUNCE,
+                shutdown.clone(),
+            );
+            (state, [job, enrich_job], enricher)
+        });
+        let enricher = reconcile
+            .as_ref()
+            .map_or_else(crate::enrich::Enricher::off, |(_, _, e)| e.clone());
         let intake = intake::start(
             &config,
             store.clone(),
             metrics.clone(),
             cache.clone(),
             store_health.clone(),
+            enricher,
             &shutdown,
         )?;
         let worker_state = intake.worker.as_ref().map(|(state, _)| state.clone());
@@ -150,11 +176,7 @@ impl App {
         );
         let (reporter, health_service) = tonic_health::server::health_reporter();
         // Background jobs: each ends when `shutdown` fires.
-        let reconcile = config
-            .reconcile
-            .clone()
-            .map(|c| crate::reconcile::start(store.clone(), c, metrics.clone(), shutdown.clone()));
-        let reconcile_state = reconcile.as_ref().map(|(state, _)| state.clone());
+        let reconcile_state = reconcile.as_ref().map(|(state, _, _)| state.clone());
         let mut jobs = vec![
             feed,
             tokio::spawn(prune(
@@ -178,7 +200,7 @@ impl App {
                 shutdown.clone(),
             ),
         ];
-        jobs.extend(reconcile.map(|(_, job)| job));
+        jobs.extend(reconcile.into_iter().flat_map(|(_, jobs, _)| jobs));
 
         let probes = crate::http::Probes {
             database: store_health.subscribe(),
@@ -352,6 +374,9 @@ async fn drain(intake: intake::Running, jobs: Vec<JoinHandle<()>>, config: &Conf
     // Ends what still runs there (everything was drained or cut before this).
     drop(runtime);
 }
+
+/// How long a process's fetch waits after its first event, so a burst of events makes one.
+const ENRICH_DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// Prunes the change log every `interval` until shutdown. Any replica may prune; the store
 /// serializes them.

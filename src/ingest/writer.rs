@@ -115,12 +115,14 @@ impl Ingest {
         metrics: Arc<Metrics>,
         cache: ProcessCache,
         health: StoreHealth,
+        enrich: crate::enrich::Enricher,
     ) -> (Self, JoinHandle<()>) {
         let (queue, jobs) = mpsc::channel(config.queue.max(1));
         let writer = Writer {
             store,
             metrics,
             cache,
+            enrich,
             health: health.clone(),
             timeout: config.commit_timeout,
         };
@@ -154,6 +156,8 @@ struct Writer {
     metrics: Arc<Metrics>,
     /// Told of every committed change before the delivery is acknowledged.
     cache: ProcessCache,
+    /// Told of the processes whose events changed them (a detail fetch for people and names).
+    enrich: crate::enrich::Enricher,
     /// Marked down when a batch fails on a fresh connection too.
     health: StoreHealth,
     timeout: Duration,
@@ -195,6 +199,11 @@ impl Writer {
         for (event, outcome) in events.iter().zip(outcomes) {
             if let (Outcome::Applied { revision }, Some(update)) = (outcome, &event.update) {
                 self.cache.committed([update.process_id()], *revision);
+                if event.source != crate::domain::EventSource::Rest
+                    && !matches!(update, crate::domain::Update::Node(_))
+                {
+                    self.enrich.note(update.process_id());
+                }
             }
         }
     }

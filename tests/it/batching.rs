@@ -142,6 +142,7 @@ async fn a_poison_event_fails_alone_and_its_batch_neighbours_are_stored() {
         metrics.clone(),
         ProcessCache::new(64),
         health,
+        process_state::enrich::Enricher::off(),
     );
 
     let mut seen = std::collections::HashSet::new();

@@ -201,3 +201,66 @@ async fn one_replica_holds_the_job_lock_at_a_time() {
         .release()
         .await;
 }
+
+crate::on_both_stores! {
+    #[tokio::test]
+    async fn events_bring_their_processs_people_within_seconds_in_one_fetch(backend) {
+        let db = TestDb::on(backend).await;
+        let fake = FakeRest::start(SECRET).await;
+        let mut rest = RestConfig::new(&fake.url, "cli_fake", SecretString::from(SECRET));
+        rest.detail_per_minute = 6000;
+        let mut config = config(&db);
+        config.reconcile = Some(ReconcileConfig {
+            rest,
+            interval: Duration::from_secs(3600), // one pass at start, none during the test
+            lookback: Duration::from_secs(7200),
+            backfill: Duration::from_secs(24 * 3600),
+        });
+        let app = TestApp::spawn(config).await;
+        let mut api = app.api().await;
+        let now = chrono::Utc::now().timestamp_millis();
+        let c = "7500000000000000004";
+        let mut truth = process(c, 1, None, now);
+        truth["todos"][0]["operator_name"] = json!({"zh_cn": "韩梅梅", "en_us": "Han Meimei"});
+        // The start-up pass (over an empty Feishu) is over before the process exists there.
+        let started = Instant::now();
+        loop {
+            let ready: Value = app.client.get(format!("http://{}/readyz", app.http)).send().await.unwrap().json().await.unwrap();
+            if ready["reconcile"]["passes"] == 1 {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "{ready}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        fake.set_processes(vec![truth]);
+
+        let sent = Instant::now();
+        for event in [
+            webhook_event("e-c-start", "corehr.process.status.update_v2", now - 2000,
+                          json!({"process_id": c, "status": 1, "biz_type": "leave"})),
+            webhook_event("e-c-todo", "corehr.process.approver.updated_v2", now - 1000,
+                          json!({"process_id": c, "approver_id": format!("{c}9"), "status": 1})),
+        ] {
+            assert_eq!(app.deliver(&event).await.0, 200);
+        }
+        let name = loop {
+            let process = api
+                .get_process(pb::GetProcessRequest { process_id: c.into(), ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner()
+                .process
+                .unwrap();
+            if let Some(name) = process.tasks.first().and_then(|t| t.assignee.clone()).and_then(|a| a.name) {
+                break name;
+            }
+            assert!(sent.elapsed() < Duration::from_secs(10), "no assignee after 10 s: {process:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        eprintln!("enrichment: event 200 → assignee in GetProcess after {:?}", sent.elapsed());
+        assert_eq!(name.en_us, "Han Meimei");
+        let fetches = fake.calls("detail").len();
+        assert_eq!(fetches, 1, "two events of one process, one fetch");
+        app.stop().await;
+    }
+}
