@@ -101,6 +101,14 @@ crate::on_both_stores! {
             assert_eq!(app.deliver(&event).await.0, 200);
         }
         assert_eq!(status_of(&mut api, b).await, Some(1));
+        // The events' own detail fetch (enrichment) found nothing yet: an event in flight is not
+        // a lost one. Only then does Feishu's truth move on without events.
+        let started = Instant::now();
+        while !fake.calls("detail").iter().any(|c| c.process_id.as_deref() == Some(b)) {
+            assert!(started.elapsed() < Duration::from_secs(10), "no enrichment fetch of {b}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // its answer was read
         fake.set_processes(vec![
             process("7500000000000000001", 1, None, now),
             process(b, 9, Some(3), now),
@@ -232,6 +240,7 @@ crate::on_both_stores! {
             assert!(started.elapsed() < Duration::from_secs(10), "{ready}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await; // its answer was read
         fake.set_processes(vec![truth]);
 
         let sent = Instant::now();

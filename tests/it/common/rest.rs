@@ -34,6 +34,8 @@ pub struct Call {
     /// `token`, `list` or `detail`.
     pub api: &'static str,
     pub token: String,
+    /// The process id of a detail call.
+    pub process_id: Option<String>,
 }
 
 #[derive(Default)]
@@ -118,6 +120,15 @@ impl FakeRest {
 }
 
 fn log(shared: &Arc<Mutex<Shared>>, api: &'static str, headers: &HeaderMap) -> Option<Scripted> {
+    log_call(shared, api, headers, None)
+}
+
+fn log_call(
+    shared: &Arc<Mutex<Shared>>,
+    api: &'static str,
+    headers: &HeaderMap,
+    process_id: Option<String>,
+) -> Option<Scripted> {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -129,6 +140,7 @@ fn log(shared: &Arc<Mutex<Shared>>, api: &'static str, headers: &HeaderMap) -> O
         at: Instant::now(),
         api,
         token,
+        process_id,
     });
     shared.script.get_mut(api).and_then(VecDeque::pop_front)
 }
@@ -279,7 +291,7 @@ async fn detail(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let answer = log(&shared, "detail", &headers);
+    let answer = log_call(&shared, "detail", &headers, Some(id.clone()));
     if let Some(response) = scripted(answer).await {
         return response;
     }
