@@ -32,6 +32,22 @@ let selected: string | undefined;
 const $ = (id: string) => document.getElementById(id)!;
 const name = (e: Record<number, string>, v: number) => e[v] ?? String(v);
 const time = (t?: Timestamp) => (t ? timestampDate(t).toLocaleTimeString() : "");
+// A name Feishu gave (from the REST API; events carry none), in the reader's language first.
+const english = navigator.language.toLowerCase().startsWith("en");
+const text = (t?: { zhCn: string; enUs: string }) =>
+  t ? (english ? t.enUs || t.zhCn : t.zhCn || t.enUs) : "";
+const who = (p?: { userId: string; name?: { zhCn: string; enUs: string } }) =>
+  p ? text(p.name) || p.userId : "";
+
+// Who an in-progress process waits for: its open tasks' assignees (their task ids until the
+// REST API named them).
+function waitingFor(p: Process): string {
+  if (p.status !== ProcessStatus.IN_PROGRESS) return "";
+  return p.tasks
+    .filter((t) => t.status === TaskStatus.TODO)
+    .map((t) => who(t.assignee) || t.approverId)
+    .join(", ");
+}
 
 function el(tag: string, text = "", cls = ""): HTMLElement {
   const e = document.createElement(tag);
@@ -95,15 +111,18 @@ function render() {
     return d;
   }));
 
-  const text = ($("filter-text") as HTMLInputElement).value.trim().toLowerCase();
+  const query = ($("filter-text") as HTMLInputElement).value.trim().toLowerCase();
   const status = ($("filter-status") as HTMLSelectElement).value;
   const rows = [...processes.values()]
     .filter((p) => !status || name(ProcessStatus, p.status) === status)
-    .filter((p) => !text || p.processId.includes(text) || p.bizType.toLowerCase().includes(text))
+    .filter((p) => !query || [p.processId, p.bizType, text(p.name), who(p.initiator), waitingFor(p)]
+      .some((v) => v.toLowerCase().includes(query)))
     .sort((a, b) => Number(b.revision - a.revision))
     .slice(0, 500)
     .map((p) => {
-      const tr = row([p.processId, badge(name(ProcessStatus, p.status)), p.bizType, String(p.tasks.length), time(p.changeTime)]);
+      const title = el("span", text(p.name) || p.processId);
+      title.title = p.processId;
+      const tr = row([title, badge(name(ProcessStatus, p.status)), p.bizType, waitingFor(p), time(p.changeTime)]);
       tr.dataset.processId = p.processId;
       if (p.processId === selected) tr.className = "selected";
       tr.onclick = () => { selected = p.processId; render(); };
@@ -128,17 +147,19 @@ function renderDetail() {
   const p = selected ? processes.get(selected) : undefined;
   const detail = $("detail");
   if (!p) { detail.replaceChildren(el("h2", "Select a process")); return; }
+  const named = [text(p.name), p.initiator ? `started by ${who(p.initiator)}` : ""].filter(Boolean);
   detail.replaceChildren(
     el("h2", `Process ${p.processId}`),
+    ...(named.length ? [el("p", named.join(" · "))] : []),
     el("p", `${name(ProcessStatus, p.status)} · ${p.bizType} · ${p.flowDefinitionId} · revision ${p.revision}`),
     el("h3", "Nodes"),
     table(["Node", "Definition", "Type", "Status"], p.nodes.map((n) =>
       row([n.processNodeId, n.nodeDefinitionId, name(NodeType, n.nodeType), badge(name(NodeStatus, n.nodeStatus))]))),
     el("h3", "Approval tasks"),
-    table(["Task", "Node", "Type", "Status"], p.tasks.map((t) =>
-      row([t.approverId, t.nodeDefinitionId, name(TaskType, t.type), badge(name(TaskStatus, t.status))]))),
+    table(["Task", "Assignee", "Node", "Type", "Status"], p.tasks.map((t) =>
+      row([t.approverId, who(t.assignee), text(t.nodeName) || t.nodeDefinitionId, name(TaskType, t.type), badge(name(TaskStatus, t.status))]))),
     el("h3", "CC tasks"),
-    table(["CC task", "Status"], p.ccTasks.map((c) => row([c.approverId, badge(name(CcStatus, c.status))]))),
+    table(["CC task", "Recipient", "Status"], p.ccTasks.map((c) => row([c.approverId, who(c.recipient), badge(name(CcStatus, c.status))]))),
   );
 }
 

@@ -67,11 +67,14 @@ try {
     { approver_id: "8100000000000000001", type: 1, status: 1, node_definition_id: "approval_1", node_id_str: "9100" }));
   const row = page.locator(`tr[data-process-id="${processId}"]`);
   await row.locator(".s-IN_PROGRESS").waitFor({ timeout: 15000 });
+  // "Waiting for": the open task's assignee (its task id until the REST API names a person).
+  await row.locator("td", { hasText: "8100000000000000001" }).waitFor({ timeout: 15000 });
   await row.click();
   await page.locator("#detail h2", { hasText: processId }).waitFor();
 
   await post(event(`bt-${processId}-3`, 9, 1719391069000));
   await row.locator(".s-COMPLETED").waitFor({ timeout: 15000 });
+  if ((await row.locator("td").nth(3).textContent()) !== "") throw new Error("a completed process still waits for someone");
   if (navigations !== 1) throw new Error(`the page reloaded (${navigations} navigations)`);
   await page.screenshot({ path: SCREENSHOT });
   console.log(`dashboard: process ${processId} appeared and turned COMPLETED live; screenshot ${SCREENSHOT}`);
