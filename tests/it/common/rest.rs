@@ -73,6 +73,10 @@ impl FakeRest {
             )
             .route("/open-apis/corehr/v2/processes", get(list))
             .route("/open-apis/corehr/v2/processes/{id}", get(detail))
+            .route(
+                "/open-apis/corehr/v2/processes/{id}/form_variable_data",
+                get(form_data),
+            )
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -313,4 +317,35 @@ async fn detail(
             json!({"code": 1160100, "msg": "审批申请不存在"}),
         ),
     }
+}
+
+/// Form data: one text field per known process, under the `zh-CN` key spelling Feishu's docs
+/// warn about.
+async fn form_data(
+    State(shared): State<Arc<Mutex<Shared>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let answer = log_call(&shared, "form_data", &headers, Some(id.clone()));
+    if let Some(response) = scripted(answer).await {
+        return response;
+    }
+    if let Some(refusal) = refused(&shared, &headers) {
+        return refusal;
+    }
+    let shared = shared.lock().unwrap();
+    if !shared.by_id.contains_key(&id) {
+        return feishu(
+            StatusCode::OK,
+            json!({"code": 1160100, "msg": "审批申请不存在"}),
+        );
+    }
+    feishu(
+        StatusCode::OK,
+        json!({"code": 0, "msg": "success", "data": {
+            "process_id": id,
+            "field_variable_values": [{"variable_api_name": "reason", "variable_name": {"zh-CN": "事由", "en-US": "Reason"},
+                                       "variable_value": {"text_value": "family"}}]
+        }}),
+    )
 }
