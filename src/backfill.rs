@@ -83,39 +83,112 @@ pub async fn saved(store: &dyn Store) -> Result<Option<Cursor>, StoreError> {
 pub async fn run(
     store: &dyn Store,
     client: &RestClient,
-    mut cursor: Cursor,
+    cursor: Cursor,
     progress: &(dyn Fn(Step) + Sync),
 ) -> Result<Cursor, BackfillError> {
-    while cursor.window_from_ms <= cursor.until_ms {
-        let window_to = (cursor.window_from_ms + WINDOW_MS - 1).min(cursor.until_ms);
-        let page = client
-            .list_processes(
-                cursor.window_from_ms,
-                window_to,
-                cursor.page_token.as_deref(),
-            )
-            .await?
-            .data;
-        progress(Step::Listed(page.process_ids.len() as u64));
-        let observed = fetch_details(client, &page.process_ids, progress).await?;
+    // A pipeline, so the detail limit (the pace) never waits: while page N's details are
+    // fetched, page N-1 is stored and page N+1 is listed.
+    let mut at = cursor.clone(); // where the current page was listed
+    let mut page = match next_position(&at) {
+        Some(window) => Some(list(client, &at, &window).await?),
+        None => None,
+    };
+    let mut pending: Option<Stored> = None;
+    let mut last = cursor;
+    while let Some(listed) = page {
+        progress(Step::Listed(listed.process_ids.len() as u64));
+        let after = advanced(&at, &listed);
+        let following = async {
+            match next_position(&after) {
+                Some(window) => list(client, &after, &window).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (stored, observed, following) = tokio::join!(
+            store_page(store, pending.take(), progress),
+            fetch_details(client, &listed.process_ids, progress),
+            following
+        );
+        stored?;
+        let observed = observed?;
         let fetched = observed.len() as u64;
-        let events: Vec<_> = observed.into_iter().flat_map(|(_, e)| e).collect();
-        store.ingest(&events).await?;
-        cursor.applied += fetched;
-        progress(Step::Applied(fetched));
-        match page.page_token.filter(|_| page.has_more) {
-            Some(token) => cursor.page_token = Some(token),
-            None => {
-                cursor.window_from_ms = window_to + 1;
-                cursor.page_token = None;
+        last = Cursor {
+            applied: last.applied + fetched,
+            ..after.clone()
+        };
+        pending = Some(Stored {
+            cursor: last.clone(),
+            events: observed.into_iter().flat_map(|(_, e)| e).collect(),
+            fetched,
+        });
+        match following {
+            Ok(next) => page = next,
+            Err(err) => {
+                // What was fetched is stored before the error stops the run.
+                store_page(store, pending.take(), progress).await?;
+                return Err(err.into());
             }
         }
-        save(store, &cursor).await?;
+        at = after;
     }
-    cursor.done = true;
-    save(store, &cursor).await?;
-    info!(applied = cursor.applied, "backfill finished");
-    Ok(cursor)
+    store_page(store, pending.take(), progress).await?;
+    last.done = true;
+    save(store, &last).await?;
+    info!(applied = last.applied, "backfill finished");
+    Ok(last)
+}
+
+/// A fetched page waiting to be stored, with the cursor to save after it.
+struct Stored {
+    cursor: Cursor,
+    events: Vec<Event>,
+    fetched: u64,
+}
+
+/// Stores a fetched page in one ingest transaction, then saves its cursor.
+async fn store_page(
+    store: &dyn Store,
+    page: Option<Stored>,
+    progress: &(dyn Fn(Step) + Sync),
+) -> Result<(), BackfillError> {
+    let Some(page) = page else { return Ok(()) };
+    store.ingest(&page.events).await?;
+    save(store, &page.cursor).await?;
+    progress(Step::Applied(page.fetched));
+    Ok(())
+}
+
+/// The window and page the cursor's next list call asks for; `None` when it is past the end.
+fn next_position(cursor: &Cursor) -> Option<(i64, i64)> {
+    (cursor.window_from_ms <= cursor.until_ms).then(|| {
+        let window_to = (cursor.window_from_ms + WINDOW_MS - 1).min(cursor.until_ms);
+        (cursor.window_from_ms, window_to)
+    })
+}
+
+async fn list(
+    client: &RestClient,
+    cursor: &Cursor,
+    (from, to): &(i64, i64),
+) -> Result<crate::feishu::rest::model::ProcessIds, RestError> {
+    Ok(client
+        .list_processes(*from, *to, cursor.page_token.as_deref())
+        .await?
+        .data)
+}
+
+/// The cursor once `page` (listed at `cursor`) is stored: its next page, or the next window.
+fn advanced(cursor: &Cursor, page: &crate::feishu::rest::model::ProcessIds) -> Cursor {
+    let mut next = cursor.clone();
+    match page.page_token.clone().filter(|_| page.has_more) {
+        Some(token) => next.page_token = Some(token),
+        None => {
+            let window_to = (cursor.window_from_ms + WINDOW_MS - 1).min(cursor.until_ms);
+            next.window_from_ms = window_to + 1;
+            next.page_token = None;
+        }
+    }
+    next
 }
 
 /// Fetches the details of `ids`, a few at a time within the detail limit, and returns each

@@ -250,3 +250,94 @@ async fn the_command_backfills_with_the_apps_credentials_and_names_a_wrong_secre
     assert_matches(&*store, &truth).await;
     store.close().await;
 }
+
+/// Load run, not a test (it prints numbers): a first-start backfill of 6,000 processes with the
+/// limits scaled 100× (the fake's clock runs 100× faster: 6,000 details at 10,000/min), webhook
+/// events every 10 ms meanwhile, then enrichment latency at Feishu's real detail limit.
+/// `cargo test --release --test it backfill_load -- --ignored --nocapture`; `SCALE=10
+/// COPIES=2` runs 500 processes 10× faster instead (at 100× a few ms of arrival jitter is a
+/// scaled second, so the per-minute count there overstates what Feishu would see).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "load run: prints numbers"]
+async fn backfill_load() {
+    let env = |k: &str, default: u32| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (scale, copies) = (env("SCALE", 100), env("COPIES", 24));
+    use process_state::config::ReconcileConfig;
+    let db = TestDb::on(crate::common::Backend::Sqlite).await;
+    let fake = FakeRest::start(SECRET).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut many = Vec::new();
+    for k in 0..copies {
+        for mut p in truth(now) {
+            let id = format!("{}{k:02}", p["process_id"].as_str().unwrap());
+            p["process_id"] = json!(id);
+            many.push(p);
+        }
+    }
+    fake.set_processes(many);
+    let mut rest = RestConfig::new(&fake.url, "cli_fake", SecretString::from(SECRET));
+    rest.list_per_minute = 20 * scale;
+    rest.detail_per_minute = 100 * scale;
+    let mut config = config(&db);
+    config.reconcile = Some(ReconcileConfig {
+        rest,
+        interval: std::time::Duration::from_secs(3600),
+        lookback: std::time::Duration::from_secs(7200),
+        backfill: std::time::Duration::from_secs(41 * 24 * 3600),
+    });
+    let app = crate::common::TestApp::spawn(config).await;
+    let started = std::time::Instant::now();
+    let mut acks = Vec::new();
+    let mut i = 0u64;
+    loop {
+        let ready: Value = app
+            .client
+            .get(format!("http://{}/readyz", app.http))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["reconcile"]["passes"] == 1 {
+            break;
+        }
+        let event = json!({"schema": "2.0", "header": {"event_id": format!("load-{i}"), "event_type": "corehr.process.status.update_v2",
+            "create_time": (now + i as i64).to_string(), "token": crate::common::VERIFICATION_TOKEN, "app_id": "cli_fake"},
+            "event": {"process_id": format!("{}", 7_400_000_000_000_000_000i64 + i as i64), "status": 1}});
+        let sent = std::time::Instant::now();
+        assert_eq!(app.deliver(&event).await.0, 200);
+        acks.push(sent.elapsed().as_secs_f64() * 1000.0);
+        i += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let took = started.elapsed();
+    acks.sort_by(f64::total_cmp);
+    let at: Vec<_> = fake.calls("detail").iter().map(|c| c.at).collect();
+    let window = std::time::Duration::from_millis(60_000 / u64::from(scale)); // Feishu's minute, scaled
+    let worst = (0..at.len())
+        .map(|s| at[s..].iter().take_while(|t| **t - at[s] < window).count())
+        .max()
+        .unwrap_or(0);
+    let span = at[at.len() - 1] - at[0];
+    eprintln!(
+        "backfill: {} details; start to the first pass's end {:.1} s = {:.1} min at Feishu's limits (100/min); first to last detail call {:.1} min; most calls in one scaled minute: {worst} (limit 100)",
+        at.len(),
+        took.as_secs_f64(),
+        took.as_secs_f64() * f64::from(scale) / 60.0,
+        span.as_secs_f64() * f64::from(scale) / 60.0
+    );
+    eprintln!(
+        "webhook meanwhile: {} events, ack p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        acks.len(),
+        acks[acks.len() / 2],
+        acks[acks.len() * 99 / 100],
+        acks[acks.len() - 1]
+    );
+    app.stop().await;
+}

@@ -273,3 +273,92 @@ crate::on_both_stores! {
         app.stop().await;
     }
 }
+
+/// Load run, not a test (it prints numbers): enrichment latency, webhook 200 → the task's
+/// assignee in GetProcess, for 40 processes' approver events sent one every 0.7 s, under
+/// Feishu's real detail limit (100/min).
+/// `cargo test --release --test it enrichment_load -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "load run: prints numbers"]
+async fn enrichment_load() {
+    let db = TestDb::on(crate::common::Backend::Sqlite).await;
+    let fake = FakeRest::start(SECRET).await;
+    let mut config = config(&db);
+    config.reconcile = Some(ReconcileConfig {
+        rest: RestConfig::new(&fake.url, "cli_fake", SecretString::from(SECRET)),
+        interval: Duration::from_secs(3600),
+        lookback: Duration::from_secs(7200),
+        backfill: Duration::from_secs(24 * 3600),
+    });
+    let app = TestApp::spawn(config).await;
+    let mut api = app.api().await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let ids: Vec<String> = (0..40)
+        .map(|i| format!("{}", 7_600_000_000_000_000_000i64 + i))
+        .collect();
+    let mut truth = Vec::new();
+    for id in &ids {
+        let mut p = process(id, 1, None, now);
+        p["todos"][0]["operator_name"] = json!({"en_us": "Han Meimei"});
+        truth.push(p);
+    }
+    // The start-up pass is over (it saw an empty Feishu) before the processes exist there.
+    loop {
+        let ready: Value = app
+            .client
+            .get(format!("http://{}/readyz", app.http))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ready["reconcile"]["passes"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fake.set_processes(truth);
+    let mut latencies = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let event = webhook_event(
+            &format!("load-{i}"),
+            "corehr.process.approver.updated_v2",
+            now,
+            json!({"process_id": id, "approver_id": format!("{id}9"), "status": 1}),
+        );
+        assert_eq!(app.deliver(&event).await.0, 200);
+        let acked = Instant::now();
+        loop {
+            let p = api
+                .get_process(pb::GetProcessRequest {
+                    process_id: id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .process
+                .unwrap();
+            if p.tasks
+                .first()
+                .and_then(|t| t.assignee.as_ref())
+                .is_some_and(|a| a.name.is_some())
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        latencies.push(acked.elapsed().as_secs_f64());
+        tokio::time::sleep(Duration::from_millis(700).saturating_sub(acked.elapsed())).await;
+    }
+    latencies.sort_by(f64::total_cmp);
+    eprintln!(
+        "enrichment at 100 details/min: {} events, event 200 → assignee p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() * 99 / 100],
+        latencies[latencies.len() - 1]
+    );
+    app.stop().await;
+}
