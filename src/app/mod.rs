@@ -233,6 +233,13 @@ impl App {
             metrics,
         };
         let grpc_server = grpc::spawn(grpc, &config, services, shutdown.clone())?;
+        let client_certs = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if !config.grpc_addr.ip().is_loopback() && files.tokens.is_none() && !client_certs {
+            warn!(
+                grpc = %config.grpc_addr,
+                "the gRPC API (every process, the dashboard) is open to the network without caller authentication: set auth_tokens_file or tls_client_ca_file, or listen on 127.0.0.1"
+            );
+        }
         info!(
             http = %config.http_addr,
             grpc = %config.grpc_addr,

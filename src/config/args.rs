@@ -160,10 +160,10 @@ pub struct Settings {
     /// [default: the working directory].
     #[arg(long, env = "PROCESS_STATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address of the HTTP listener (webhook, probes, metrics) [default: 0.0.0.0:8080].
+    /// Address of the HTTP listener (webhook, probes, metrics) [default: 127.0.0.1:8080].
     #[arg(long, env = "PROCESS_STATE_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
-    /// Address of the gRPC listener [default: 0.0.0.0:50051].
+    /// Address of the gRPC listener [default: 127.0.0.1:50051].
     #[arg(long, env = "PROCESS_STATE_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
     /// Feishu Encrypt Key: bodies are AES-256-CBC encrypted and signed with it.
@@ -317,8 +317,9 @@ impl Settings {
         Self {
             database_url: None,
             data_dir: None,
-            http_addr: Some(([0, 0, 0, 0], 8080).into()),
-            grpc_addr: Some(([0, 0, 0, 0], 50051).into()),
+            // Loopback: a first run exposes nothing to the network (the container sets 0.0.0.0).
+            http_addr: Some(([127, 0, 0, 1], 8080).into()),
+            grpc_addr: Some(([127, 0, 0, 1], 50051).into()),
             encrypt_key: None,
             verification_token: None,
             body_limit: Some(1024 * 1024),

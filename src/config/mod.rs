@@ -537,8 +537,8 @@ mod tests {
     #[test]
     fn defaults_and_overrides() {
         let c = serve(&[]).unwrap();
-        assert_eq!(c.http_addr.to_string(), "0.0.0.0:8080");
-        assert_eq!(c.grpc_addr.to_string(), "0.0.0.0:50051");
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
         assert_eq!(c.body_limit, 1024 * 1024);
         let c = serve(&["--body-limit", "10", "--encrypt-key", "k"]).unwrap();
         assert_eq!(c.body_limit, 10);

@@ -378,3 +378,29 @@ crate::on_both_stores! {
         app.stop().await;
     }
 }
+
+/// Issue 16, safe defaults: a gRPC listener open to the network without caller
+/// authentication is warned about at start; on loopback it is not.
+#[tokio::test]
+async fn an_open_grpc_listener_without_authentication_is_warned_about() {
+    let logs = crate::common::logs::capture(tracing::level_filters::LevelFilter::INFO);
+    let db = crate::common::TestDb::on(crate::common::Backend::Sqlite).await;
+    let mut open = crate::common::config(&db);
+    open.grpc_addr = "0.0.0.0:0".parse().unwrap();
+    let app = crate::common::TestApp::spawn(open).await;
+    app.stop().await;
+    assert!(
+        logs.text()
+            .contains("open to the network without caller authentication"),
+        "{}",
+        logs.text()
+    );
+    let quiet = crate::common::logs::capture(tracing::level_filters::LevelFilter::INFO);
+    let app = crate::common::TestApp::spawn(crate::common::config(&db)).await;
+    app.stop().await;
+    assert!(
+        !quiet.text().contains("without caller authentication"),
+        "{}",
+        quiet.text()
+    );
+}
