@@ -127,14 +127,8 @@ async fn backfill(args: process_state::config::BackfillArgs) -> anyhow::Result<(
         args.list_per_minute > 0 && args.detail_per_minute > 0,
         "--list-per-minute and --detail-per-minute must be more than 0"
     );
-    let database = process_state::config::database_or_default(
-        args.database_url.as_deref(),
-        args.data_dir.as_deref(),
-    )?;
-    let mut config = Config::new(database);
-    config.db_max_connections = 2;
-    let store = process_state::app::open_store(&config).await?;
-    store.migrate().await?;
+    let (config, store) =
+        open_migrated(args.database_url.as_deref(), args.data_dir.as_deref()).await?;
     let cursor = match backfill::saved(store.as_ref()).await? {
         Some(saved) if !args.restart => {
             tracing::info!(
@@ -188,16 +182,22 @@ async fn backfill(args: process_state::config::BackfillArgs) -> anyhow::Result<(
     Ok(())
 }
 
-/// `rebuild --verify|--apply`: true when the stored state is (now) what the inbox folds to.
-async fn rebuild(args: process_state::config::RebuildArgs) -> anyhow::Result<bool> {
-    let database = process_state::config::database_or_default(
-        args.database_url.as_deref(),
-        args.data_dir.as_deref(),
-    )?;
-    let mut config = Config::new(database);
+/// The store a command names (or the default SQLite file), with two connections, migrated.
+async fn open_migrated(
+    url: Option<&str>,
+    data_dir: Option<&std::path::Path>,
+) -> anyhow::Result<(Config, std::sync::Arc<dyn process_state::store::Store>)> {
+    let mut config = Config::new(process_state::config::database_or_default(url, data_dir)?);
     config.db_max_connections = 2;
     let store = process_state::app::open_store(&config).await?;
     store.migrate().await?;
+    Ok((config, store))
+}
+
+/// `rebuild --verify|--apply`: true when the stored state is (now) what the inbox folds to.
+async fn rebuild(args: process_state::config::RebuildArgs) -> anyhow::Result<bool> {
+    let (config, store) =
+        open_migrated(args.database_url.as_deref(), args.data_dir.as_deref()).await?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {pos} events folded, {per_sec}")

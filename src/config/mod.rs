@@ -232,18 +232,28 @@ fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::new(setting_name(key), reason)
 }
 
-fn worker_config(s: &Settings) -> Result<WorkerConfig, ConfigError> {
+/// The app's id, secret and Feishu's base URL, which `feature` needs.
+fn app_credentials(
+    s: &Settings,
+    feature: &str,
+) -> Result<(String, SecretString, String), ConfigError> {
+    let required = format!("is required with {feature}");
     let app_id = s
         .app_id
         .clone()
         .filter(|id| !id.trim().is_empty())
-        .ok_or_else(|| invalid("app_id", "is required with long_connection"))?;
+        .ok_or_else(|| invalid("app_id", &required))?;
     let app_secret = secret(s.app_secret.clone(), "app_secret")?
-        .ok_or_else(|| invalid("app_secret", "is required with long_connection"))?;
+        .ok_or_else(|| invalid("app_secret", &required))?;
     let base_url = s.feishu_base_url.clone().unwrap_or_default();
     if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
         return Err(invalid("feishu_base_url", "must be an http(s) URL"));
     }
+    Ok((app_id, app_secret, base_url))
+}
+
+fn worker_config(s: &Settings) -> Result<WorkerConfig, ConfigError> {
+    let (app_id, app_secret, base_url) = app_credentials(s, "long_connection")?;
     Ok(WorkerConfig {
         credentials: Credentials {
             app_id,
@@ -266,17 +276,7 @@ pub struct ReconcileConfig {
 }
 
 fn reconcile_config(s: &Settings) -> Result<ReconcileConfig, ConfigError> {
-    let app_id = s
-        .app_id
-        .clone()
-        .filter(|id| !id.trim().is_empty())
-        .ok_or_else(|| invalid("app_id", "is required with reconcile"))?;
-    let app_secret = secret(s.app_secret.clone(), "app_secret")?
-        .ok_or_else(|| invalid("app_secret", "is required with reconcile"))?;
-    let base_url = s.feishu_base_url.clone().unwrap_or_default();
-    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
-        return Err(invalid("feishu_base_url", "must be an http(s) URL"));
-    }
+    let (app_id, app_secret, base_url) = app_credentials(s, "reconcile")?;
     let mut rest = crate::feishu::rest::RestConfig::new(&base_url, &app_id, app_secret);
     rest.list_per_minute = positive(s.rest_list_per_minute, "rest_list_per_minute")?;
     rest.detail_per_minute = positive(s.rest_detail_per_minute, "rest_detail_per_minute")?;
