@@ -7,7 +7,7 @@ use super::rows::{CcState, NodeState, ProcessState, TaskState, Versions};
 use chrono::{DateTime, Utc};
 
 /// One column's value.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Value<'a> {
     Text(Option<&'a str>),
     Int(Option<i32>),

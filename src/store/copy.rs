@@ -168,7 +168,7 @@ pub async fn sqlite_to_postgres(
     .await?;
     tx.set_horizon(pruned_through).await?;
     read.commit().await?;
-    tx.commit().await?;
+    IngestTx::commit(tx, None).await?;
     Ok(copied)
 }
 

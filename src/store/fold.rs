@@ -23,7 +23,7 @@ use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
 /// The current rows of every entity a batch touches (absent = not stored yet).
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct Current {
     pub processes: HashMap<String, ProcessState>,
     pub nodes: HashMap<String, NodeState>,

@@ -34,11 +34,10 @@ pub(super) trait IngestTx: Send {
         touched: &Touched,
     ) -> impl Future<Output = Result<Read, StoreError>> + Send;
 
-    /// Writes the plan's rows and change rows, sets the counter to `plan.revision`, and rings
-    /// the doorbell for watchers once the transaction commits (invariant 6).
-    fn write(&mut self, plan: &Plan) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Writes the plan's rows and change rows (when there is a plan), sets the counter to
+    /// `plan.revision`, commits, and rings the doorbell for watchers once the transaction
+    /// committed (invariant 6).
+    fn commit(self, plan: Option<&Plan>) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Stores `events` in the one transaction `tx` and returns what happened to each.
@@ -57,10 +56,8 @@ pub(super) async fn ingest(
     let start = read.revision;
     let plan = fold::fold(events, &new, &mut read.current, start, read.now);
     // Rows whose stamps moved are written even when no revision came of them (merge.rs).
-    if plan.revision != start || !plan.rows_empty() {
-        tx.write(&plan).await?;
-    }
-    tx.commit().await?;
+    let writes = plan.revision != start || !plan.rows_empty();
+    tx.commit(writes.then_some(&plan)).await?;
     Ok(plan.outcomes)
 }
 
@@ -74,9 +71,7 @@ pub(super) async fn restate(
     // An empty batch: the counter and the transaction time, nothing inserted.
     let read = tx.insert_and_read(&[], &[], &Touched::default()).await?;
     let plan = fold::restate(rows, previous, read.revision, read.now);
-    if plan.revision != read.revision {
-        tx.write(&plan).await?;
-    }
-    tx.commit().await?;
+    let writes = plan.revision != read.revision;
+    tx.commit(writes.then_some(&plan)).await?;
     Ok(plan.revision)
 }

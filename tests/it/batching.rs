@@ -1,9 +1,9 @@
 //! Group commit changes nothing but speed: a shuffled, duplicated stream of realistic events
 //! stored as ONE batch ends in exactly the rows, change log and outcomes of the same stream
-//! stored one event per transaction (revisions included: both number in stream order). And a
-//! failed batch fails only its poison event.
+//! stored one event per transaction (revisions included: both number in stream order), on both
+//! stores. And a failed batch fails only its poison event, and leaves nothing behind.
 
-use crate::common::{TestDb, VERIFICATION_TOKEN};
+use crate::common::{Backend, TestDb, VERIFICATION_TOKEN, config};
 use futures::future::join_all;
 use process_state::domain::{Event, EventSource};
 use process_state::feed::ProcessCache;
@@ -48,17 +48,28 @@ async fn store(db: &TestDb) -> PgStore {
     store
 }
 
+async fn any_store(db: &TestDb) -> Arc<dyn Store> {
+    let store = process_state::app::open_store(&config(db)).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+const TABLES: [(&str, &str); 5] = [
+    ("processes", "process_id"),
+    ("nodes", "process_node_id"),
+    ("tasks", "approver_id"),
+    ("cc_tasks", "approver_id"),
+    ("changes", "revision, entity, entity_id"),
+];
+
 /// Every state row and change-log row, as text, without the transaction times.
 async fn dump(db: &TestDb) -> Vec<String> {
+    if db.backend == Backend::Sqlite {
+        return dump_sqlite(db).await;
+    }
     let pool = db.pool().await;
     let mut rows = Vec::new();
-    for (table, key) in [
-        ("processes", "process_id"),
-        ("nodes", "process_node_id"),
-        ("tasks", "approver_id"),
-        ("cc_tasks", "approver_id"),
-        ("changes", "revision, entity, entity_id"),
-    ] {
+    for (table, key) in TABLES {
         let sql = format!(
             "select (to_jsonb(t) - 'change_time' - 'state'
                      || jsonb_build_object('state', t.state - 'change_time'))::text
@@ -79,16 +90,42 @@ async fn dump(db: &TestDb) -> Vec<String> {
     rows
 }
 
+/// The same on SQLite: each row as a JSON object of its columns.
+async fn dump_sqlite(db: &TestDb) -> Vec<String> {
+    let mut conn = db.sqlite_reader().await;
+    let mut rows = Vec::new();
+    for (table, key) in TABLES {
+        let columns: Vec<String> =
+            sqlx::query_scalar(&format!("select name from pragma_table_info('{table}')"))
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        let fields: Vec<String> = columns
+            .iter()
+            .filter(|c| *c != "change_time")
+            .map(|c| match c.as_str() {
+                "state" => format!("'{c}', json_remove({c}, '$.change_time')"),
+                _ => format!("'{c}', {c}"),
+            })
+            .collect();
+        let sql = format!(
+            "select json_object({}) from {table} order by {key}",
+            fields.join(", ")
+        );
+        let table_rows: Vec<String> = sqlx::query_scalar(&sql).fetch_all(&mut conn).await.unwrap();
+        rows.push(format!("{table}: {}", table_rows.len()));
+        rows.extend(table_rows);
+    }
+    rows
+}
+
+crate::on_both_stores! {
 #[tokio::test]
-async fn one_batch_equals_one_event_per_transaction() {
+async fn one_batch_equals_one_event_per_transaction(backend) {
     for seed in [1, 2, 3] {
         let events = stream(seed);
-        let (Some(batched_db), Some(single_db)) =
-            (TestDb::postgres().await, TestDb::postgres().await)
-        else {
-            return;
-        };
-        let (batched, single) = (store(&batched_db).await, store(&single_db).await);
+        let (batched_db, single_db) = (TestDb::on(backend).await, TestDb::on(backend).await);
+        let (batched, single) = (any_store(&batched_db).await, any_store(&single_db).await);
 
         let batch_outcomes = batched.ingest(&events).await.unwrap();
         let mut single_outcomes = Vec::new();
@@ -118,6 +155,7 @@ async fn one_batch_equals_one_event_per_transaction() {
         let again = batched.ingest(&events).await.unwrap();
         assert!(again.iter().all(|o| *o == Outcome::Duplicate));
     }
+}
 }
 
 /// Deliveries announced together share one transaction; when it fails (an event id Postgres
@@ -199,4 +237,47 @@ async fn a_poison_event_fails_alone_and_its_batch_neighbours_are_stored() {
 
     drop(ingest);
     writer.await.unwrap();
+}
+
+/// On SQLite, a batch failing part-way through (here a trigger refuses its third change row)
+/// is rolled back whole, and the writer's connection takes the next batch: the same events,
+/// retried, are all stored.
+#[tokio::test]
+async fn a_failed_sqlite_batch_leaves_nothing_and_the_connection_takes_the_next() {
+    use sqlx::Connection;
+    let db = TestDb::on(Backend::Sqlite).await;
+    let store = any_store(&db).await;
+    let mut seen = std::collections::HashSet::new();
+    let events: Vec<Event> = stream(5)
+        .into_iter()
+        .filter(|e| seen.insert(e.event_id.clone()))
+        .take(10)
+        .collect();
+    let mut conn = sqlx::SqliteConnection::connect(&db.url()).await.unwrap();
+    sqlx::query(
+        "create trigger refuse after insert on changes when new.revision = 3
+         begin select raise(abort, 'refused by the test'); end",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let error = store.ingest(&events).await.unwrap_err();
+    assert!(error.to_string().contains("refused by the test"), "{error}");
+    assert_eq!(db.counts().await, (0, 0, 0), "nothing of the batch stays");
+
+    sqlx::query("drop trigger refuse")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let outcomes = store.ingest(&events).await.unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Applied { .. } | Outcome::Kept)),
+        "{outcomes:?}"
+    );
+    let (inbox, _, revision) = db.counts().await;
+    assert_eq!(inbox, events.len() as i64);
+    assert!(revision > 3);
 }

@@ -59,6 +59,11 @@ impl PgIngest {
         Ok(())
     }
 
+    /// Writes a plan's rows, change rows and counter (`copy` writes page by page).
+    pub async fn write(&mut self, plan: &Plan) -> Result<(), StoreError> {
+        Ok(write(&mut self.0, plan).await?)
+    }
+
     /// Sets the change log's retention horizon (`copy`).
     pub async fn set_horizon(&mut self, pruned_through: i64) -> Result<(), StoreError> {
         sqlx::query("update change_log_horizon set pruned_through = $1")
@@ -79,11 +84,10 @@ impl IngestTx for PgIngest {
         Ok(insert_and_read(&mut self.0, events, firsts, touched).await?)
     }
 
-    async fn write(&mut self, plan: &Plan) -> Result<(), StoreError> {
-        Ok(write(&mut self.0, plan).await?)
-    }
-
-    async fn commit(self) -> Result<(), StoreError> {
+    async fn commit(mut self, plan: Option<&Plan>) -> Result<(), StoreError> {
+        if let Some(plan) = plan {
+            self.write(plan).await?;
+        }
         Ok(self.0.commit().await?)
     }
 }

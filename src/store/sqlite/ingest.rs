@@ -1,7 +1,10 @@
-//! SQLite's ingest transaction ([`IngestTx`]): `BEGIN IMMEDIATE` takes the database's write
-//! lock first (commit order = revision order), then multi-row statements for the inbox, each
-//! table and the change log; the bell rings once the commit returned. In-process, a statement costs
-//! microseconds, so the batch's cost is its one fsync.
+//! SQLite's ingest transaction ([`IngestTx`]), in two round trips to SQLite's worker thread
+//! whatever the batch's size: `BEGIN IMMEDIATE` (the database's write lock first: commit order
+//! = revision order), the inbox insert and the reads of the counter and the touched rows, as one
+//! multi-statement query; then the writes, the counter and `COMMIT` as another. The bell rings
+//! once the commit returned. A stored row is updated in the columns that changed only: SQLite's
+//! WAL logs whole pages, so rewriting a task's nine indexes for a status change would log nine
+//! pages where two do.
 
 use super::stored_time;
 use crate::domain::Event;
@@ -10,19 +13,27 @@ use crate::store::columns::{Columns, Value};
 use crate::store::fold::{Current, Plan, Touched};
 use crate::store::ingest::{IngestTx, Read};
 use crate::store::rows::{CcState, NodeState, ProcessState, TaskState};
+use futures_util::TryStreamExt;
+use sqlx::pool::PoolConnection;
+use sqlx::query_builder::Separated;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Sqlite, SqlitePool, Transaction};
+use sqlx::{Either, Executor, FromRow, QueryBuilder, Row, Sqlite, SqlitePool};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// An ingest transaction on SQLite.
+/// An ingest transaction on SQLite: the writer connection, with the transaction begun by the
+/// first query.
 #[derive(Debug)]
 pub(super) struct SqliteIngest {
-    tx: Transaction<'static, Sqlite>,
+    /// `None` once the connection was given up (see [`Drop`]).
+    conn: Option<PoolConnection<Sqlite>>,
+    /// A transaction may be open on `conn`.
+    open: bool,
     bell: Arc<watch::Sender<i64>>,
-    /// The revision this transaction writes, once it wrote one.
-    rings: Option<i64>,
+    /// The stored rows as read, before the fold: what [`commit`](IngestTx::commit) diffs
+    /// against.
+    before: Current,
 }
 
 impl SqliteIngest {
@@ -31,10 +42,54 @@ impl SqliteIngest {
         bell: Arc<watch::Sender<i64>>,
     ) -> Result<Self, StoreError> {
         Ok(Self {
-            tx: pool.begin_with("BEGIN IMMEDIATE").await?,
+            conn: Some(pool.acquire().await?),
+            open: false,
             bell,
-            rings: None,
+            before: Current::default(),
         })
+    }
+
+    /// Runs `q`'s statements; the rows of each statement, in order.
+    async fn run(
+        &mut self,
+        mut q: QueryBuilder<'_, Sqlite>,
+    ) -> Result<Vec<Vec<SqliteRow>>, StoreError> {
+        let conn = self.conn.as_deref_mut().expect("connection until dropped");
+        self.open = true;
+        let mut statements = vec![Vec::new()];
+        let result: Result<(), sqlx::Error> = async {
+            // Not cached: the statement text changes with the batch's size.
+            let mut rows = conn.fetch_many(q.build().persistent(false));
+            while let Some(item) = rows.try_next().await? {
+                match item {
+                    Either::Left(_) => statements.push(Vec::new()),
+                    Either::Right(row) => statements.last_mut().expect("one").push(row),
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            // Whatever ran is undone; a connection that cannot roll back is not reused.
+            if sqlx::query("rollback").execute(&mut *conn).await.is_ok() {
+                self.open = false;
+            }
+            return Err(e.into());
+        }
+        statements.pop();
+        Ok(statements)
+    }
+}
+
+impl Drop for SqliteIngest {
+    /// A transaction dropped unfinished (its future cancelled) must not stay open on the pool's
+    /// writer connection: close the connection, which rolls it back.
+    fn drop(&mut self) {
+        if self.open
+            && let Some(mut conn) = self.conn.take()
+        {
+            conn.close_on_drop();
+        }
     }
 }
 
@@ -45,11 +100,10 @@ impl IngestTx for SqliteIngest {
         firsts: &[usize],
         touched: &Touched,
     ) -> Result<Read, StoreError> {
-        let tx = &mut *self.tx;
-        let mut stored = Vec::with_capacity(firsts.len());
-        // Multi-row statements: each statement is a round trip to SQLite's worker thread.
+        let mut q = QueryBuilder::<Sqlite>::new("begin immediate; ");
+        let inserts = firsts.chunks(ROWS_PER_STATEMENT).len();
         for chunk in firsts.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
+            q.push(
                 "insert into inbox (event_id, event_type, source, create_time, tenant_key, app_id, payload) ",
             );
             q.push_values(chunk, |mut b, &i| {
@@ -62,47 +116,47 @@ impl IngestTx for SqliteIngest {
                     .push_bind(&e.app_id)
                     .push_bind(e.payload.to_string());
             });
-            q.push(" on conflict (event_id) do nothing returning event_id");
-            let inserted: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
-            stored.extend(inserted);
+            q.push(" on conflict (event_id) do nothing returning event_id; ");
         }
-        let revision: i64 = sqlx::query_scalar("select revision from revision_counter")
-            .fetch_one(&mut *tx)
-            .await?;
-        let current = Current {
-            processes: rows(
-                tx,
-                "processes",
-                "process_id",
-                &touched.processes,
-                |r: &ProcessState| &r.process_id,
-            )
-            .await?,
-            nodes: rows(
-                tx,
-                "nodes",
-                "process_node_id",
-                &touched.nodes,
-                |r: &NodeState| &r.process_node_id,
-            )
-            .await?,
-            tasks: rows(
-                tx,
-                "tasks",
-                "approver_id",
-                &touched.tasks,
-                |r: &TaskState| &r.approver_id,
-            )
-            .await?,
-            cc_tasks: rows(
-                tx,
-                "cc_tasks",
-                "approver_id",
-                &touched.cc_tasks,
-                |r: &CcState| &r.approver_id,
-            )
-            .await?,
+        q.push("select revision from revision_counter; ");
+        let tables = [
+            ("processes", "process_id", &touched.processes),
+            ("nodes", "process_node_id", &touched.nodes),
+            ("tasks", "approver_id", &touched.tasks),
+            ("cc_tasks", "approver_id", &touched.cc_tasks),
+        ];
+        for (table, key, ids) in tables {
+            q.push(format!(
+                "select * from {table} where {key} in (select value from json_each("
+            ));
+            q.push_bind(serde_json::to_string(ids).expect("ids serialize"));
+            q.push(")); ");
+        }
+        let mut statements = self.run(q).await?.into_iter();
+        // `begin immediate`
+        statements.next();
+        let mut stored = Vec::with_capacity(firsts.len());
+        for rows in statements.by_ref().take(inserts) {
+            for row in rows {
+                stored.push(row.try_get(0)?);
+            }
+        }
+        let revision: i64 = match statements.next().as_deref() {
+            Some([row]) => row.try_get(0)?,
+            _ => {
+                return Err(StoreError::Setup(
+                    "the revision counter row is missing".into(),
+                ));
+            }
         };
+        let mut next = || statements.next().unwrap_or_default();
+        let current = Current {
+            processes: keyed(next(), |r: &ProcessState| &r.process_id)?,
+            nodes: keyed(next(), |r: &NodeState| &r.process_node_id)?,
+            tasks: keyed(next(), |r: &TaskState| &r.approver_id)?,
+            cc_tasks: keyed(next(), |r: &CcState| &r.approver_id)?,
+        };
+        self.before = current.clone();
         Ok(Read {
             stored,
             current,
@@ -113,25 +167,24 @@ impl IngestTx for SqliteIngest {
         })
     }
 
-    async fn write(&mut self, plan: &Plan) -> Result<(), StoreError> {
-        let tx = &mut *self.tx;
-        write_rows(tx, plan.processes.values()).await?;
-        write_rows(tx, plan.nodes.values()).await?;
-        write_rows(tx, plan.tasks.values()).await?;
-        write_rows(tx, plan.cc_tasks.values()).await?;
-        write_rows(tx, plan.changes.iter()).await?;
-        sqlx::query("update revision_counter set revision = ?")
-            .bind(plan.revision)
-            .execute(&mut *tx)
-            .await?;
-        self.rings = Some(plan.revision);
-        Ok(())
-    }
-
-    async fn commit(self) -> Result<(), StoreError> {
-        self.tx.commit().await?;
-        if let Some(revision) = self.rings {
-            self.bell.send_replace(revision);
+    async fn commit(mut self, plan: Option<&Plan>) -> Result<(), StoreError> {
+        let before = std::mem::take(&mut self.before);
+        let mut q = QueryBuilder::<Sqlite>::new("");
+        if let Some(plan) = plan {
+            push_rows(&mut q, plan.processes.values(), &before.processes);
+            push_rows(&mut q, plan.nodes.values(), &before.nodes);
+            push_rows(&mut q, plan.tasks.values(), &before.tasks);
+            push_rows(&mut q, plan.cc_tasks.values(), &before.cc_tasks);
+            push_inserts(&mut q, plan.changes.iter(), "insert");
+            q.push("update revision_counter set revision = ");
+            q.push_bind(plan.revision);
+            q.push("; ");
+        }
+        q.push("commit");
+        self.run(q).await?;
+        self.open = false;
+        if let Some(plan) = plan {
+            self.bell.send_replace(plan.revision);
         }
         Ok(())
     }
@@ -140,59 +193,101 @@ impl IngestTx for SqliteIngest {
 /// Rows per multi-row statement: well under SQLite's 32,766 bound parameters at 15 columns.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// Writes `rows` whole (columns from [`Columns`]), in multi-row statements: `insert or
-/// replace` on a table with a key (every column comes from the plan), else `insert`.
-async fn write_rows<'a, R: Columns + 'a>(
-    tx: &mut sqlx::SqliteConnection,
+/// Adds the statements writing `rows`: a row read before the fold is updated in the columns
+/// that differ from it (rows changing the same columns share a statement); any other row is
+/// written whole.
+fn push_rows<'a, R: Columns + 'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
     rows: impl Iterator<Item = &'a R>,
-) -> Result<(), sqlx::Error> {
+    before: &'a HashMap<String, R>,
+) {
+    let key = R::KEY.expect("state rows have a key");
+    let mut whole = Vec::new();
+    // Changed column names → (key, changed values…) of each row changing them.
+    let mut updates: HashMap<Vec<&'static str>, Vec<Vec<Value<'a>>>> = HashMap::new();
+    for row in rows {
+        let new = row.columns();
+        // The key is the first column (columns.rs).
+        debug_assert_eq!(new[0].0, key);
+        let Some(old) = (match new[0].1 {
+            Value::Text(Some(id)) => before.get(id),
+            _ => None,
+        }) else {
+            whole.push(row);
+            continue;
+        };
+        let mut names = Vec::new();
+        let mut values = vec![new[0].1.clone()];
+        for ((name, value), (_, was)) in new.into_iter().zip(old.columns()).skip(1) {
+            if value != was {
+                names.push(name);
+                values.push(value);
+            }
+        }
+        if !names.is_empty() {
+            updates.entry(names).or_default().push(values);
+        }
+    }
+    // Not read before (new, or `rebuild --apply` writing rows it read itself): whole.
+    push_inserts(q, whole.into_iter(), "insert or replace");
+    for (names, rows) in updates {
+        let sets: Vec<String> = (0..names.len())
+            .map(|i| format!("{} = v.column{}", names[i], i + 2))
+            .collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            q.push(format!(
+                "update {} set {} from (",
+                R::TABLE,
+                sets.join(", ")
+            ));
+            q.push_values(chunk, |mut b, row| {
+                for value in row {
+                    bind(&mut b, value.clone());
+                }
+            });
+            q.push(format!(") as v where {}.{key} = v.column1; ", R::TABLE));
+        }
+    }
+}
+
+/// Adds the statements inserting `rows` whole (columns from [`Columns`]) with `verb`.
+fn push_inserts<'a, R: Columns + 'a>(
+    q: &mut QueryBuilder<'a, Sqlite>,
+    rows: impl Iterator<Item = &'a R>,
+    verb: &str,
+) {
     let rows: Vec<Vec<(&'static str, Value<'a>)>> = rows.map(Columns::columns).collect();
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
         let names: Vec<&str> = chunk[0].iter().map(|(name, _)| *name).collect();
-        let verb = if R::KEY.is_some() {
-            "insert or replace"
-        } else {
-            "insert"
-        };
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "{verb} into {} ({}) ",
-            R::TABLE,
-            names.join(", ")
-        ));
+        q.push(format!("{verb} into {} ({}) ", R::TABLE, names.join(", ")));
         q.push_values(chunk, |mut b, row| {
             for (_, value) in row {
-                match value {
-                    Value::Text(v) => b.push_bind(*v),
-                    Value::Int(v) => b.push_bind(*v),
-                    Value::BigInt(v) => b.push_bind(*v),
-                    Value::Time(t) => b.push_bind(stored_time(*t)),
-                    Value::Json(j) => b.push_bind(j.to_string()),
-                };
+                bind(&mut b, value.clone());
             }
         });
-        q.build().execute(&mut *tx).await?;
+        q.push("; ");
     }
-    Ok(())
 }
 
-/// The stored rows of `table` whose `key` is one of `ids`, by key.
-async fn rows<T>(
-    tx: &mut sqlx::SqliteConnection,
-    table: &str,
-    key: &str,
-    ids: &[String],
-    key_of: fn(&T) -> &String,
-) -> Result<HashMap<String, T>, StoreError>
+fn bind<'a>(b: &mut Separated<'_, 'a, Sqlite, &'static str>, value: Value<'a>) {
+    match value {
+        Value::Text(v) => b.push_bind(v),
+        Value::Int(v) => b.push_bind(v),
+        Value::BigInt(v) => b.push_bind(v),
+        Value::Time(t) => b.push_bind(stored_time(t)),
+        Value::Json(j) => b.push_bind(j.to_string()),
+    };
+}
+
+/// A statement's rows decoded, by key.
+fn keyed<T>(rows: Vec<SqliteRow>, key: fn(&T) -> &String) -> Result<HashMap<String, T>, StoreError>
 where
-    T: for<'r> sqlx::FromRow<'r, SqliteRow> + Send + Unpin,
+    T: for<'r> FromRow<'r, SqliteRow>,
 {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let sql = format!("select * from {table} where {key} in (select value from json_each(?))");
-    let found: Vec<T> = sqlx::query_as(&sql)
-        .bind(serde_json::to_string(ids).expect("ids serialize"))
-        .fetch_all(tx)
-        .await?;
-    Ok(found.into_iter().map(|r| (key_of(&r).clone(), r)).collect())
+    rows.iter()
+        .map(|row| {
+            let r = T::from_row(row)?;
+            Ok((key(&r).clone(), r))
+        })
+        .collect()
 }

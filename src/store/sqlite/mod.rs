@@ -61,7 +61,9 @@ impl SqliteStore {
             // An ack means the event is on disk: each commit is synced (once per batch).
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Statement journals (multi-row writes) in memory, not in temporary files.
+            .pragma("temp_store", "memory");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
