@@ -24,6 +24,7 @@
 //! - [`simulate`]: a Feishu stand-in that sends realistic event sequences to a webhook.
 //! - [`bench`]: load runs against real replicas that print numbers.
 
+pub mod activity;
 pub mod api;
 pub mod app;
 pub mod auth;

@@ -89,6 +89,17 @@ pub struct Metrics {
     pub reconcile_repaired: Family<EntityLabels, Counter>,
     /// Process details the backfill has stored so far.
     pub backfill_applied: Gauge,
+    /// Events by outcome, all sources and types together (the log's activity summary).
+    pub outcomes: Outcomes,
+}
+
+/// Events counted by outcome since start.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    pub applied: std::sync::atomic::AtomicU64,
+    pub kept: std::sync::atomic::AtomicU64,
+    pub duplicate: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Metrics {
@@ -113,6 +124,7 @@ impl Default for Metrics {
             rest: Default::default(),
             reconcile_repaired: Family::default(),
             backfill_applied: Gauge::default(),
+            outcomes: Outcomes::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -218,6 +230,14 @@ impl Metrics {
             outcome: outcome.into(),
         };
         self.events.get_or_create(&labels).inc();
+        let o = &self.outcomes;
+        let count = match outcome {
+            "applied" => &o.applied,
+            "kept" => &o.kept,
+            "duplicate" => &o.duplicate,
+            _ => &o.failed,
+        };
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The text exposition.

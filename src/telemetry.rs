@@ -14,7 +14,13 @@ pub enum LogFormat {
 /// Targets whose debug/trace output would contain secrets: tungstenite logs the handshake
 /// request and the URL it dials, and the long connection's URL carries credentials
 /// (`access_key`, `ticket`). They are capped at `info` whatever `RUST_LOG` says.
-const CAPPED: &[&str] = &["tungstenite=info", "tokio_tungstenite=info"];
+/// sqlx's Postgres notices ("relation \"_sqlx_migrations\" already exists, skipping" at every
+/// start) are capped at `warn`: they are the database talking to itself.
+const CAPPED: &[&str] = &[
+    "tungstenite=info",
+    "tokio_tungstenite=info",
+    "sqlx::postgres::notice=warn",
+];
 
 /// `RUST_LOG` (or `default`) with the secret-bearing targets capped.
 pub fn filter(default: &str) -> EnvFilter {

@@ -118,6 +118,18 @@ impl App {
             grpc,
             files,
         } = self;
+        let (http_bound, grpc_bound) = (
+            http.local_addr().map_err(|source| AppError::Bind {
+                what: "HTTP",
+                addr: config.http_addr,
+                source,
+            })?,
+            grpc.local_addr().map_err(|source| AppError::Bind {
+                what: "gRPC",
+                addr: config.grpc_addr,
+                source,
+            })?,
+        );
         let reads = read_limit(store.as_ref(), &config);
         let metrics = crate::metrics::Metrics::new();
         let cache = crate::feed::ProcessCache::new(config.get_process_cache);
@@ -167,6 +179,12 @@ impl App {
             cache.clone(),
             shutdown.clone(),
         );
+        let activity = crate::activity::start(
+            metrics.clone(),
+            hub.clone(),
+            ACTIVITY_INTERVAL,
+            shutdown.clone(),
+        );
         let watchers = Watchers::new(
             store.clone(),
             hub,
@@ -179,6 +197,7 @@ impl App {
         let reconcile_state = reconcile.as_ref().map(|(state, _, _)| state.clone());
         let mut jobs = vec![
             feed,
+            activity,
             tokio::spawn(prune(
                 store.clone(),
                 config.retention,
@@ -240,12 +259,25 @@ impl App {
                 "the gRPC API (every process, the dashboard) is open to the network without caller authentication: set auth_tokens_file or tls_client_ca_file, or listen on 127.0.0.1"
             );
         }
+        let (http_scheme, grpc_scheme) = (
+            if files.tls.is_some() && config.http_tls {
+                "https"
+            } else {
+                "http"
+            },
+            if files.tls.is_some() { "https" } else { "http" },
+        );
         info!(
-            http = %config.http_addr,
-            grpc = %config.grpc_addr,
+            webhook = %format!("{http_scheme}://{http_bound}/webhook/event"),
+            grpc = %grpc_bound,
+            dashboard = %format!("{grpc_scheme}://{grpc_bound}/"),
+            metrics = %format!("{http_scheme}://{http_bound}/metrics"),
+            readyz = %format!("{http_scheme}://{http_bound}/readyz"),
+            store = %config.database,
             tls = files.tls.is_some(),
-            http_tls = config.http_tls,
             auth = files.tokens.is_some(),
+            long_connection = config.long_connection.is_some(),
+            reconcile = config.reconcile.is_some(),
             "serving"
         );
 
@@ -384,6 +416,9 @@ async fn drain(intake: intake::Running, jobs: Vec<JoinHandle<()>>, config: &Conf
 
 /// How long a process's fetch waits after its first event, so a burst of events makes one.
 const ENRICH_DEBOUNCE: Duration = Duration::from_millis(300);
+
+/// How often the log summarizes intake activity (one line, only when events arrived).
+const ACTIVITY_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Prunes the change log every `interval` until shutdown. Any replica may prune; the store
 /// serializes them.

@@ -151,3 +151,14 @@ impl<R: Rng> Scenario<'_, R> {
             .push(json!({"schema": "2.0", "header": header, "event": event}));
     }
 }
+
+/// Where a process may be left waiting for its approvers: the indexes of the events after
+/// which an approval node's tasks are all open (the last task created of each node).
+pub fn waiting_points(events: &[Value]) -> Vec<usize> {
+    let opens_task = |e: &Value| {
+        e["header"]["event_type"] == event_types::APPROVER_UPDATED && e["event"]["status"] == 1
+    };
+    (0..events.len())
+        .filter(|&i| opens_task(&events[i]) && !events.get(i + 1).is_some_and(opens_task))
+        .collect()
+}

@@ -28,6 +28,7 @@ mod reflection;
 mod rest_client;
 mod security;
 mod shutdown;
+mod simulate;
 mod store_down;
 mod watch;
 mod webhook;

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// How a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,7 +227,7 @@ async fn handle_event(
     let code = match announced.submit(event).await {
         Ok(outcome) => {
             metrics.event("long_connection", &event_type, outcome.name());
-            info!(%event_id, %message_id, ?outcome, "long-connection event stored");
+            debug!(%event_id, %message_id, ?outcome, "long-connection event stored");
             200
         }
         Err(err) => {

@@ -108,9 +108,9 @@ async fn respond(
             state.metrics.event("webhook", &event_type, outcome.name());
             match outcome {
                 Outcome::Applied { revision } => {
-                    info!(%event_id, %event_type, revision, "event applied")
+                    debug!(%event_id, %event_type, revision, "event applied")
                 }
-                Outcome::Kept => info!(%event_id, %event_type, "event kept; no state change"),
+                Outcome::Kept => debug!(%event_id, %event_type, "event kept; no state change"),
                 Outcome::Duplicate => debug!(%event_id, %event_type, "duplicate delivery"),
             }
             reply(StatusCode::OK, json!({ "msg": "success" }))
