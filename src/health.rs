@@ -1,10 +1,12 @@
 //! Health: whether the database answers, driving `grpc.health.v1` (SERVING / NOT_SERVING for
-//! the whole server and for `processstate.v1.ProcessService`) and the HTTP `/readyz` answer.
+//! the whole server and for `processstate.v1.ProcessService`) and the HTTP `/readyz` answer:
+//! the replica can serve reads and accept webhook events. The long connection, when enabled,
+//! has a health service name of its own, `processstate.v1.LongConnection`: SERVING while
+//! connected, NOT_SERVING otherwise; it never changes the replica's readiness.
 //!
 //! The checker pings the store every interval. The ingest writer may also mark the store down
 //! when a batch failed on a fresh connection too, so deliveries get their 503 at once instead
-//! of each waiting out its timeout; the next successful ping marks it up again. A stopped
-//! long-connection worker makes the replica NOT_SERVING as it makes `/readyz` 503.
+//! of each waiting out its timeout; the next successful ping marks it up again.
 
 use crate::api::ProcessApi;
 use crate::api::pb::process_service_server::ProcessServiceServer;
@@ -32,7 +34,7 @@ pub fn start(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut database = health.subscribe();
         let mut worker = worker;
-        let mut last = None;
+        let (mut last, mut last_worker) = (None, None);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -47,18 +49,25 @@ pub fn start(
                 _ = database.changed() => {}
                 Some(Ok(())) = async { match worker.as_mut() { Some(w) => Some(w.changed().await), None => None } } => {}
             }
-            let stopped = worker
-                .as_ref()
-                .is_some_and(|w| matches!(*w.borrow(), WorkerState::Stopped { .. }));
-            let serving = *database.borrow_and_update() && !stopped;
+            let serving = *database.borrow_and_update();
             if last != Some(serving) {
                 tracing::info!(serving, "health");
                 set(&reporter, serving).await;
                 last = Some(serving);
             }
+            if let Some(w) = &worker {
+                let connected = matches!(*w.borrow(), WorkerState::Connected { .. });
+                if last_worker != Some(connected) {
+                    set_one(&reporter, LONG_CONNECTION, connected).await;
+                    last_worker = Some(connected);
+                }
+            }
         }
         // Draining: not ready for new work (the database is fine; nothing is logged).
         set(&reporter, false).await;
+        if worker.is_some() {
+            set_one(&reporter, LONG_CONNECTION, false).await;
+        }
         health.set(false);
     })
 }
@@ -75,17 +84,25 @@ async fn ping(store: &dyn Store, timeout: Duration) -> bool {
     false
 }
 
+/// The health service name of the long connection (not a gRPC service: a name to check).
+pub const LONG_CONNECTION: &str = "processstate.v1.LongConnection";
+
+/// The replica's status: the whole server and the API.
 async fn set(reporter: &HealthReporter, up: bool) {
+    set_one(reporter, "", up).await;
+    set_one(
+        reporter,
+        <ProcessServiceServer<ProcessApi> as tonic::server::NamedService>::NAME,
+        up,
+    )
+    .await;
+}
+
+async fn set_one(reporter: &HealthReporter, service: &str, up: bool) {
     let status = if up {
         ServingStatus::Serving
     } else {
         ServingStatus::NotServing
     };
-    reporter.set_service_status("", status).await;
-    reporter
-        .set_service_status(
-            <ProcessServiceServer<ProcessApi> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
+    reporter.set_service_status(service, status).await;
 }

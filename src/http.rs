@@ -1,6 +1,6 @@
 //! The HTTP listener's router: the Feishu webhook, `/healthz` (the process is up) and
-//! `/readyz` (events can be stored and received: the database answers, the long connection,
-//! when enabled, has not stopped), and `/metrics` (Prometheus).
+//! `/readyz` (this replica can serve reads and accept webhook events: the database answers; the
+//! long connection's state is reported beside it), and `/metrics` (Prometheus).
 
 use crate::api::watch::Watchers;
 use crate::intake::longconn::WorkerState;
@@ -68,7 +68,7 @@ async fn metrics(State(s): State<Scrape>) -> impl IntoResponse {
     m.db_connections_idle.set(idle as i64);
     if let Some(worker) = &s.long_connection {
         let current = worker.borrow().name();
-        for state in ["connecting", "connected", "backing_off", "stopped"] {
+        for state in WorkerState::NAMES {
             let labels = crate::metrics::StateLabels {
                 state: state.into(),
             };
@@ -84,32 +84,47 @@ async fn metrics(State(s): State<Scrape>) -> impl IntoResponse {
     )
 }
 
-/// Ready when the database answers and the long connection (if enabled) has not stopped:
-/// a stopped worker needs an operator. Connecting or backing off is reported, not failed.
+/// Ready when this replica can serve reads and accept webhook events: the database answers
+/// (and the replica is not draining). The long connection's own state is a section of the
+/// answer, and the `processstate.v1.LongConnection` gRPC health status; it never makes the
+/// replica unready (reads and webhook events do not depend on it).
 async fn ready(State(probes): State<Probes>) -> impl IntoResponse {
     let database = *probes.database.borrow();
-    let worker = probes.long_connection.as_ref().map(|w| w.borrow().clone());
-    let stopped = matches!(worker, Some(WorkerState::Stopped { .. }));
     let mut body = json!({
-        "status": if database && !stopped { "ready" } else { "not ready" },
+        "status": if database { "ready" } else { "not ready" },
         "database": if database { "up" } else { "down" },
     });
-    if let Some(state) = worker {
-        let reason = match &state {
-            WorkerState::BackingOff { reason } | WorkerState::Stopped { reason } => {
-                Some(reason.clone())
-            }
-            _ => None,
-        };
-        body["long_connection"] = json!({ "state": state.name(), "reason": reason });
+    if let Some(worker) = &probes.long_connection {
+        body["long_connection"] = long_connection(&worker.borrow());
     }
     if let Some(reconcile) = &probes.reconcile {
         body["reconcile"] = json!(&*reconcile.borrow());
     }
-    let status = if database && !stopped {
+    let status = if database {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
+}
+
+/// The long connection's section of `/readyz`.
+fn long_connection(state: &WorkerState) -> serde_json::Value {
+    let mut section = json!({ "state": state.name() });
+    match state {
+        WorkerState::Connected { conn_id } => section["conn_id"] = json!(conn_id),
+        WorkerState::BackingOff {
+            reason,
+            attempts,
+            retry_at,
+        } => {
+            section["reason"] = json!(reason);
+            section["failed_attempts"] = json!(attempts);
+            section["retry_at"] =
+                json!(retry_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        }
+        WorkerState::Stopped { reason } => section["reason"] = json!(reason),
+        WorkerState::Connecting => {}
+    }
+    section
 }

@@ -241,29 +241,11 @@ crate::on_both_stores! {
         )));
         let app = spawn(&db, &gateway).await;
         let body = wait_stopped(&app).await;
-        assert_eq!(
-            readyz(&app).await.0,
-            503,
-            "a stopped worker makes the replica not ready"
-        );
-        let mut health = tonic_health::pb::health_client::HealthClient::new(app.grpc_channel().await);
-        let mut status = 0;
-        for _ in 0..50 {
-            status = health
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
-                .status;
-            if status == 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(
-            status, 2,
-            "gRPC health says NOT_SERVING as /readyz says 503"
-        );
+        // The replica still serves reads and webhook events: ready, SERVING; the long
+        // connection's own health name says NOT_SERVING.
+        assert_eq!(readyz(&app).await.0, 200);
+        assert_eq!(health_of(&app, "", 1).await, 1);
+        assert_eq!(health_of(&app, "processstate.v1.LongConnection", 2).await, 2);
         let reason = body["long_connection"]["reason"].as_str().unwrap();
         assert!(
             reason.contains("maximum number of long connections"),
@@ -417,4 +399,85 @@ crate::on_both_stores! {
         assert_eq!(c.inbox, 1);
         app.stop().await;
     }
+}
+
+/// The `grpc.health.v1` status of `service` ("" for the whole server), once it is `want`
+/// (1 SERVING, 2 NOT_SERVING) or after 5 s.
+async fn health_of(app: &TestApp, service: &str, want: i32) -> i32 {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.grpc_channel().await);
+    let mut status = -1;
+    for _ in 0..100 {
+        status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .map_or(-1, |r| r.into_inner().status);
+        if status == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    status
+}
+
+/// Readiness tells one story: the replica is ready while it can serve reads and take webhook
+/// events, whatever the long connection does; the long connection has its own health name and
+/// `/readyz` section. Feishu's server errors are retried (with the next retry time, `degraded`
+/// after three failures in a row); its refusal of the app's credentials stops the worker.
+#[tokio::test]
+async fn the_long_connection_has_its_own_health_and_refused_credentials_stop_it() {
+    const LONG_CONNECTION: &str = "processstate.v1.LongConnection";
+    let db = TestDb::on(crate::common::Backend::Sqlite).await;
+    let gateway = FakeGateway::start().await;
+    gateway.set_client_config(json!({"ReconnectInterval": 1, "ReconnectNonce": 0}));
+    let app = spawn(&db, &gateway).await;
+    gateway.wait_connections(1).await;
+    assert_eq!(
+        health_of(&app, LONG_CONNECTION, 1).await,
+        1,
+        "connected: SERVING"
+    );
+
+    // Feishu is busy (code 1): retried every second, degraded after three failures.
+    gateway.set_endpoint_code(1);
+    gateway.drop_connection().await;
+    let mut body = Value::Null;
+    for _ in 0..200 {
+        body = readyz(&app).await.1;
+        if body["long_connection"]["state"] == "degraded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let section = &body["long_connection"];
+    assert_eq!(section["state"], "degraded", "{body}");
+    assert!(section["failed_attempts"].as_u64().unwrap() >= 3, "{body}");
+    assert!(section["retry_at"].is_string(), "{body}");
+    let reason = section["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("busy (code 1") && reason.contains("127.0.0.1"),
+        "{reason}"
+    );
+    assert_eq!(
+        readyz(&app).await.0,
+        200,
+        "reads and webhook events still work"
+    );
+    assert_eq!(health_of(&app, "", 1).await, 1);
+    assert_eq!(health_of(&app, LONG_CONNECTION, 2).await, 2);
+
+    // The app's credentials refused (an unknown app id): stopped, with what to check.
+    gateway.set_endpoint_code(1_000_040_346);
+    let body = wait_stopped(&app).await;
+    let reason = body["long_connection"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("code 1000040346") && reason.contains("FEISHU_APP_SECRET"),
+        "{reason}"
+    );
+    assert_eq!(readyz(&app).await.0, 200);
+    assert_eq!(health_of(&app, LONG_CONNECTION, 2).await, 2);
+    let (body, headers) = signed_vector();
+    assert_eq!(app.post(body, &header_refs(&headers)).await.0, 200);
+    app.stop().await;
 }

@@ -1,6 +1,7 @@
 //! Step 1 of a connection (feishu-protocol.md §2.2–2.3): endpoint discovery over HTTP, and
-//! the classification of discovery and handshake failures into fatal (stop: wrong
-//! credentials, too many connections) and retryable (everything else).
+//! the classification of discovery and handshake failures into fatal (stop: Feishu refused the
+//! app, its credentials or its configuration; too many connections) and retryable (Feishu's
+//! server errors, the network).
 
 use crate::feishu::frame::ClientConfig;
 use secrecy::{ExposeSecret, SecretString};
@@ -10,6 +11,11 @@ use serde::Deserialize;
 const FORBIDDEN: i64 = 403;
 const AUTH_FAILED: i64 = 514;
 const EXCEED_CONN_LIMIT: i64 = 1_000_040_350;
+/// Endpoint codes of Feishu's own trouble: the SDKs retry `SystemBusy` (1) and
+/// `InternalError` (1000040343); 1000040345 reads "system busy" too. Every other non-zero code
+/// stops the official Python and Go SDKs as a client error (a wrong app id or secret, no
+/// credentials, an app not set up for the long connection), and stops this worker.
+const SERVER_ERRORS: [i64; 3] = [1, 1_000_040_343, 1_000_040_345];
 
 /// The app's credentials and where to ask for an endpoint.
 #[derive(Debug, Clone)]
@@ -68,6 +74,10 @@ pub async fn discover(
         credentials.base_url.trim_end_matches('/')
     );
     let body = serde_json::json!({ "AppID": credentials.app_id, "AppSecret": credentials.app_secret.expose_secret() });
+    let host = reqwest::Url::parse(&url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_default();
     let response = client
         .post(&url)
         .header("locale", "zh")
@@ -75,32 +85,41 @@ pub async fn discover(
         .send()
         .await
         .map_err(|e| {
-            ConnectError::Retryable(format!("endpoint discovery failed: {}", e.without_url()))
+            ConnectError::Retryable(format!(
+                "endpoint discovery at {host} failed: {}",
+                causes(&e.without_url())
+            ))
         })?;
     let status = response.status();
     if !status.is_success() {
         return Err(ConnectError::Retryable(format!(
-            "endpoint discovery answered HTTP {status}"
+            "endpoint discovery at {host} answered HTTP {status}"
         )));
     }
     let answer: EndpointResponse = response.json().await.map_err(|e| {
         ConnectError::Retryable(format!(
-            "endpoint discovery answer unreadable: {}",
-            e.without_url()
+            "endpoint discovery answer from {host} unreadable: {}",
+            causes(&e.without_url())
         ))
     })?;
     match answer.code {
         0 => {}
         FORBIDDEN => {
             return Err(ConnectError::Fatal(format!(
-                "Feishu refused the app (code 403 forbidden: {})",
+                "Feishu ({host}) refused the app (code 403 forbidden: {}): check that the app may receive events through the long connection",
                 answer.msg
             )));
         }
         EXCEED_CONN_LIMIT => return Err(too_many_connections(&answer.msg)),
-        code => {
+        code if SERVER_ERRORS.contains(&code) => {
             return Err(ConnectError::Retryable(format!(
-                "endpoint discovery code {code}: {}",
+                "endpoint discovery at {host}: Feishu is busy (code {code}: {})",
+                answer.msg
+            )));
+        }
+        code => {
+            return Err(ConnectError::Fatal(format!(
+                "Feishu ({host}) refused the app's credentials or setup (code {code}: {}): check FEISHU_APP_ID and FEISHU_APP_SECRET, and that the app subscribes to events through the long connection (Events and Callbacks → subscription mode)",
                 answer.msg
             )));
         }
@@ -125,6 +144,20 @@ pub async fn discover(
         conn_id: query("device_id").unwrap_or_default(),
         config: data.client_config,
     })
+}
+
+/// An error and its sources, outermost first: "error sending request: connection refused".
+pub fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn too_many_connections(detail: &str) -> ConnectError {

@@ -45,23 +45,59 @@ pub struct WorkerConfig {
     pub dead_margin: Duration,
 }
 
-/// Where the worker is, for `/readyz` and logs.
+/// Where the worker is, for `/readyz`, the `processstate.v1.LongConnection` health status,
+/// metrics and logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerState {
     Connecting,
-    Connected { conn_id: String },
-    BackingOff { reason: String },
-    Stopped { reason: String },
+    Connected {
+        conn_id: String,
+    },
+    /// Waiting to try again: after a lost connection (`attempts` 0) or after `attempts` failed
+    /// attempts in a row.
+    BackingOff {
+        reason: String,
+        attempts: u32,
+        retry_at: chrono::DateTime<chrono::Utc>,
+    },
+    Stopped {
+        reason: String,
+    },
 }
 
+/// Failed attempts in a row after which a backing-off worker counts as `degraded`.
+pub const DEGRADED_AFTER: u32 = 3;
+
 impl WorkerState {
+    /// `connecting`, `connected`, `backing_off`, `degraded` (backing off after
+    /// [`DEGRADED_AFTER`] failed attempts in a row) or `stopped`.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Connecting => "connecting",
             Self::Connected { .. } => "connected",
+            Self::BackingOff { attempts, .. } if *attempts >= DEGRADED_AFTER => "degraded",
             Self::BackingOff { .. } => "backing_off",
             Self::Stopped { .. } => "stopped",
         }
+    }
+
+    /// Every name [`name`](Self::name) can give.
+    pub const NAMES: [&'static str; 5] = [
+        "connecting",
+        "connected",
+        "backing_off",
+        "degraded",
+        "stopped",
+    ];
+}
+
+/// The backing-off state for a wait of `wait` from now.
+fn backing_off(reason: String, attempts: u32, wait: Duration) -> WorkerState {
+    WorkerState::BackingOff {
+        reason,
+        attempts,
+        retry_at: chrono::Utc::now()
+            + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX),
     }
 }
 
@@ -182,13 +218,14 @@ async fn run(
                     }
                     SessionEnd::Lost(reason) => {
                         metrics.long_connection_reconnects.inc();
-                        warn!(conn_id = %endpoint.conn_id, %reason, "connection lost; reconnecting");
-                        state.send_replace(WorkerState::BackingOff { reason });
                         // Jitter, so many clients dropped at once do not reconnect at once.
                         let nonce = settings.reconnect_nonce.unwrap_or(30);
-                        Duration::from_millis(
+                        let wait = Duration::from_millis(
                             rand::rng().random_range(0..=nonce.saturating_mul(1000)),
-                        )
+                        );
+                        warn!(conn_id = %endpoint.conn_id, %reason, retry_in = ?wait, "connection lost; reconnecting");
+                        state.send_replace(backing_off(reason, 0, wait));
+                        wait
                     }
                 }
             }
@@ -207,9 +244,16 @@ async fn run(
                     state.send_replace(WorkerState::Stopped { reason });
                     return;
                 }
-                warn!(%reason, attempt = failed_attempts, "connection attempt failed; retrying");
-                state.send_replace(WorkerState::BackingOff { reason });
-                Duration::from_secs(settings.reconnect_interval.unwrap_or(120))
+                let wait = Duration::from_secs(settings.reconnect_interval.unwrap_or(120));
+                let attempts = u32::try_from(failed_attempts).unwrap_or(u32::MAX);
+                let next = backing_off(reason.clone(), attempts, wait);
+                if attempts >= DEGRADED_AFTER {
+                    error!(%reason, attempts, retry_in = ?wait, "long connection degraded: connection attempts keep failing; retrying");
+                } else {
+                    warn!(%reason, attempt = attempts, retry_in = ?wait, "connection attempt failed; retrying");
+                }
+                state.send_replace(next);
+                wait
             }
         };
         tokio::select! {
@@ -240,21 +284,28 @@ async fn connect(
             response.status().as_u16(),
             response.headers(),
         )),
-        // Only the error's kind: its text could include the URL, which carries credentials.
-        Err(err) => Err(ConnectError::Retryable(format!(
-            "WebSocket dial failed: {}",
-            dial_error_kind(&err)
-        ))),
+        Err(err) => {
+            let host = reqwest::Url::parse(endpoint.url.expose_secret())
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_default();
+            Err(ConnectError::Retryable(format!(
+                "WebSocket dial to {host} failed: {}",
+                dial_error(&err)
+            )))
+        }
     }
 }
 
-fn dial_error_kind(err: &tungstenite::Error) -> &'static str {
+/// What went wrong dialing, without the URL (which carries credentials): I/O and TLS errors
+/// with their causes, otherwise the error's kind.
+fn dial_error(err: &tungstenite::Error) -> String {
     match err {
-        tungstenite::Error::Io(_) => "I/O error",
-        tungstenite::Error::Tls(_) => "TLS error",
-        tungstenite::Error::Url(_) => "invalid URL",
-        tungstenite::Error::Protocol(_) => "protocol error",
-        _ => "handshake error",
+        tungstenite::Error::Io(e) => format!("I/O error: {}", endpoint::causes(e)),
+        tungstenite::Error::Tls(e) => format!("TLS error: {}", endpoint::causes(e)),
+        tungstenite::Error::Url(_) => "invalid URL".into(),
+        tungstenite::Error::Protocol(_) => "protocol error".into(),
+        _ => "handshake error".into(),
     }
 }
 
