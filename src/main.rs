@@ -1,6 +1,6 @@
 //! The `process-state` binary: parse the command line, start logging, call the library.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use process_state::app::App;
 use process_state::config::{Cli, Command, Config, ConfigCommand, database_options};
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| exit_naming_variable(e));
     process_state::telemetry::init(cli.log_format);
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -38,11 +38,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tracing::info!(store = %config.database, "migrations applied");
         }
         Command::Config(ConfigCommand::Check(args)) => {
-            let (config, effective) = Config::load(*args)?;
+            let argv: Vec<String> = std::env::args().collect();
+            let sources = process_state::config::sources(&args.serve, &argv)?;
+            let (config, effective) = Config::load(args.serve)?;
             process_state::app::load_files(&config)?;
-            print!("{}", effective.to_masked_toml());
+            for line in effective.to_masked_toml().lines() {
+                let key = line.split(" = ").next().unwrap_or_default();
+                match sources.get(key) {
+                    Some(source) => println!("{line}  # {source}"),
+                    None => println!("{line}"),
+                }
+            }
             // Which store and where: the URL given, or the default SQLite file.
             println!("# store: {}", config.database);
+            if args.connect {
+                connect_check(&config).await?;
+            }
         }
         Command::Copy(args) => copy(args).await?,
         Command::Rebuild(args) => {
@@ -57,6 +68,92 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(args) => process_state::bench::run(args).await?,
     }
     Ok(())
+}
+
+/// `config check --connect`: whether the store answers, writing nothing.
+async fn connect_check(config: &Config) -> anyhow::Result<()> {
+    use process_state::config::Database;
+    match &config.database {
+        Database::Postgres(_) => {
+            let store = process_state::app::open_store(config).await?;
+            store.ping().await?;
+            store.close().await;
+            println!("# database: answers");
+        }
+        // Opening it would create it and take its lock: say what serve would find.
+        Database::Sqlite(path) if path.exists() => {
+            println!("# database: the file exists");
+        }
+        Database::Sqlite(path) => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            let dir = dir.unwrap_or(std::path::Path::new("."));
+            println!(
+                "# database: no file yet; serve creates it (in {})",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Exits with clap's error; when the bad value came from an environment variable (the flag is
+/// not on the command line), the message names the variable the user set, not a flag they
+/// never typed.
+fn exit_naming_variable(error: clap::Error) -> ! {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let from_variable = || {
+        if !matches!(
+            error.kind(),
+            ErrorKind::InvalidValue | ErrorKind::ValueValidation
+        ) {
+            return None;
+        }
+        let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+            return None;
+        };
+        let Some(ContextValue::String(value)) = error.get(ContextKind::InvalidValue) else {
+            return None;
+        };
+        let long = arg.strip_prefix("--")?.split([' ', '=']).next()?.to_owned();
+        let typed = std::env::args()
+            .any(|a| a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+        let command = Cli::command();
+        let mut commands = vec![&command];
+        while let Some(c) = commands.pop() {
+            commands.extend(c.get_subcommands());
+            let Some(found) = c
+                .get_arguments()
+                .find(|a| a.get_long() == Some(long.as_str()))
+            else {
+                continue;
+            };
+            let variable = found.get_env()?.to_string_lossy().into_owned();
+            if typed || std::env::var(&variable).ok().as_deref() != Some(value.as_str()) {
+                return None;
+            }
+            let why = std::error::Error::source(&error)
+                .map(|e| e.to_string())
+                .or_else(|| match error.get(ContextKind::ValidValue) {
+                    Some(ContextValue::Strings(valid)) => {
+                        Some(format!("possible values: {}", valid.join(", ")))
+                    }
+                    _ => None,
+                })
+                .unwrap_or_else(|| "not a valid value".into());
+            return Some(format!(
+                "error: invalid value '{value}' in the environment variable {variable} ({}): {why}",
+                long.replace('-', "_")
+            ));
+        }
+        None
+    };
+    match from_variable() {
+        Some(message) => {
+            eprintln!("{message}");
+            std::process::exit(2);
+        }
+        None => error.exit(),
+    }
 }
 
 /// Fires `shutdown` on SIGTERM or ctrl-c.

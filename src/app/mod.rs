@@ -24,7 +24,8 @@ use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("cannot bind {what} listener on {addr}: {source}")]
+    /// The cause is the source (shown once, after this), not part of this message.
+    #[error("cannot listen on {addr} for {what} (set {setting}, --{flag} or {variable})", setting = setting_of(what), flag = setting_of(what).replace('_', "-"), variable = variable_of(what))]
     Bind {
         what: &'static str,
         addr: SocketAddr,
@@ -289,17 +290,66 @@ impl App {
     }
 }
 
-/// Opens the store the configuration names.
+fn setting_of(what: &str) -> &'static str {
+    if what == "HTTP" {
+        "http_addr"
+    } else {
+        "grpc_addr"
+    }
+}
+
+fn variable_of(what: &str) -> &'static str {
+    if what == "HTTP" {
+        "PROCESS_STATE_HTTP_ADDR"
+    } else {
+        "PROCESS_STATE_GRPC_ADDR"
+    }
+}
+
+/// Opens the store the configuration names. An unreachable Postgres is tried again every
+/// second for `db_wait` (a database starting beside the service), saying so every 5 s; the
+/// final error names the host, port and setting, never the password.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match &config.database {
-        Database::Postgres(options) => Arc::new(
-            PgStore::connect(
-                (**options).clone(),
-                config.db_max_connections,
-                config.db_acquire_timeout,
-            )
-            .await?,
-        ),
+        Database::Postgres(options) => {
+            let started = tokio::time::Instant::now();
+            let mut said = None::<tokio::time::Instant>;
+            let where_ = format!("{}:{}", options.get_host(), options.get_port());
+            loop {
+                let connect = PgStore::connect(
+                    (**options).clone(),
+                    config.db_max_connections,
+                    config.db_acquire_timeout,
+                );
+                match connect.await {
+                    Ok(store) => break Arc::new(store),
+                    Err(StoreError::Unavailable(e)) => {
+                        let waited = started.elapsed();
+                        if waited >= config.db_wait {
+                            return Err(StoreError::Setup(format!(
+                                "the database at {where_} (database_url, DATABASE_URL) is unreachable{}: {e}",
+                                if config.db_wait.is_zero() {
+                                    String::new()
+                                } else {
+                                    format!(" after {} s (db_wait_s)", waited.as_secs())
+                                }
+                            )));
+                        }
+                        if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                            warn!(
+                                database = %where_,
+                                error = %e,
+                                gives_up_in_s = (config.db_wait - waited).as_secs(),
+                                "waiting for the database"
+                            );
+                            said = Some(tokio::time::Instant::now());
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+        }
         Database::Sqlite(path) => {
             Arc::new(SqliteStore::open(path, config.db_max_connections).await?)
         }

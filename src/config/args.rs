@@ -125,8 +125,19 @@ pub struct BackfillArgs {
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate the configuration `serve` would use (file, environment and flags) and print
-    /// the effective settings as TOML, secrets masked. Exits non-zero naming a bad key.
-    Check(Box<ServeArgs>),
+    /// the effective settings as TOML, secrets masked, each with where it came from (flag,
+    /// environment variable, file, default). Exits non-zero naming a bad key.
+    Check(Box<CheckArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Also connect to the database (waiting up to db_wait_s, writing nothing) and say whether
+    /// it answers; exits non-zero when it does not.
+    #[arg(long)]
+    pub connect: bool,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -160,11 +171,14 @@ pub struct Settings {
     /// [default: the working directory].
     #[arg(long, env = "PROCESS_STATE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address of the HTTP listener (webhook, probes, metrics) [default: 127.0.0.1:8080].
-    #[arg(long, env = "PROCESS_STATE_HTTP_ADDR")]
+    /// Address of the HTTP listener (webhook, probes, metrics), IP:PORT or HOST:PORT
+    /// [default: 127.0.0.1:8080].
+    #[arg(long, env = "PROCESS_STATE_HTTP_ADDR", value_parser = listen_addr)]
+    #[serde(default, deserialize_with = "de_listen_addr")]
     pub http_addr: Option<SocketAddr>,
-    /// Address of the gRPC listener [default: 127.0.0.1:50051].
-    #[arg(long, env = "PROCESS_STATE_GRPC_ADDR")]
+    /// Address of the gRPC listener, IP:PORT or HOST:PORT [default: 127.0.0.1:50051].
+    #[arg(long, env = "PROCESS_STATE_GRPC_ADDR", value_parser = listen_addr)]
+    #[serde(default, deserialize_with = "de_listen_addr")]
     pub grpc_addr: Option<SocketAddr>,
     /// Feishu Encrypt Key: bodies are AES-256-CBC encrypted and signed with it.
     #[arg(long, env = "FEISHU_ENCRYPT_KEY", hide_env_values = true)]
@@ -188,6 +202,10 @@ pub struct Settings {
     /// Database connections in the pool [default: 16].
     #[arg(long, env = "PROCESS_STATE_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
+    /// Seconds `serve` waits for an unreachable Postgres at start, trying again every second
+    /// and saying so every 5 s, before it gives up; 0 gives up at once [default: 60].
+    #[arg(long, env = "PROCESS_STATE_DB_WAIT_S")]
+    pub db_wait_s: Option<u64>,
     /// Most API reads (GetProcess, ListProcesses, ListTasks) running at once; more wait for a
     /// turn, then get RESOURCE_EXHAUSTED. Reads are CPU work here and in the database, so more
     /// than the cores can run only adds latency, the webhook's acks included
@@ -327,6 +345,7 @@ impl Settings {
             batch_max: Some(256),
             batch_wait_ms: Some(1),
             db_max_connections: Some(16),
+            db_wait_s: Some(60),
             read_concurrency: Some(crate::config::cores()),
             health_interval_ms: Some(1000),
             watch_heartbeat_ms: Some(15_000),
@@ -393,6 +412,36 @@ impl Settings {
     }
 }
 
+/// A listen address: `IP:PORT`, or `HOST:PORT` resolved now (`localhost:50051`). A host with
+/// IPv4 and IPv6 addresses listens on its first IPv4 one, where clients of `localhost` and
+/// `127.0.0.1` alike find it.
+pub fn listen_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        .ok_or_else(|| {
+            format!("'{text}' is not HOST:PORT (e.g. 127.0.0.1:50051 or localhost:50051)")
+        })?;
+    let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("'{host}' does not resolve: {e}"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("'{host}' has no address (port {port})"))
+}
+
+fn de_listen_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text: Option<String> = Option::deserialize(d)?;
+    text.map(|t| listen_addr(&t).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
 fn table(settings: &Settings) -> toml::Table {
     toml::Table::try_from(settings).expect("settings serialize to a table")
 }
@@ -435,6 +484,31 @@ mod tests {
         assert!(err.contains("bdy_limit"), "{err}");
         let err = Settings::from_toml("batch_max = \"many\"\n").unwrap_err();
         assert!(err.contains("batch_max"), "{err}");
+    }
+
+    #[test]
+    fn listen_addresses_take_ips_and_host_names() {
+        assert_eq!(
+            listen_addr("0.0.0.0:8080").unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
+        assert_eq!(listen_addr("[::1]:1").unwrap(), "[::1]:1".parse().unwrap());
+        // localhost resolves to IPv4 and maybe IPv6: the IPv4 address is taken.
+        assert_eq!(
+            listen_addr("localhost:50051").unwrap(),
+            "127.0.0.1:50051".parse().unwrap()
+        );
+        for bad in ["localhost", ":80", "localhost:port", "localhost:70000", "x"] {
+            let err = listen_addr(bad).unwrap_err();
+            assert!(err.contains("HOST:PORT"), "{bad}: {err}");
+        }
+        let file = Settings::from_toml("grpc_addr = \"localhost:9\"\n").unwrap();
+        assert_eq!(file.grpc_addr, Some("127.0.0.1:9".parse().unwrap()));
+        let err = Settings::from_toml("grpc_addr = \"nowhere\"\n").unwrap_err();
+        assert!(
+            err.contains("grpc_addr") || err.contains("HOST:PORT"),
+            "{err}"
+        );
     }
 
     #[test]

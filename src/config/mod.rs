@@ -4,8 +4,8 @@
 mod args;
 
 pub use args::{
-    BackfillArgs, Cli, Command, ConfigCommand, CopyArgs, DatabaseArgs, RebuildArgs, SECRET_KEYS,
-    ServeArgs, Settings,
+    BackfillArgs, CheckArgs, Cli, Command, ConfigCommand, CopyArgs, DatabaseArgs, RebuildArgs,
+    SECRET_KEYS, ServeArgs, Settings, listen_addr,
 };
 
 use crate::api::watch::WatchConfig;
@@ -49,6 +49,8 @@ pub struct Config {
     pub separate_intake: bool,
     /// Longest wait for a pooled connection; bounds how fast a dead database turns into 503.
     pub db_acquire_timeout: Duration,
+    /// How long opening the store waits for an unreachable Postgres (`serve`: 60 s).
+    pub db_wait: Duration,
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     pub encrypt_key: Option<SecretString>,
@@ -147,6 +149,7 @@ impl Config {
             read_concurrency: cores(),
             separate_intake: true,
             db_acquire_timeout: Duration::from_secs(2),
+            db_wait: Duration::ZERO,
             http_addr: ([127, 0, 0, 1], 0).into(),
             grpc_addr: ([127, 0, 0, 1], 0).into(),
             encrypt_key: None,
@@ -186,6 +189,7 @@ impl std::fmt::Debug for Config {
             .field("read_concurrency", &self.read_concurrency)
             .field("separate_intake", &self.separate_intake)
             .field("db_acquire_timeout", &self.db_acquire_timeout)
+            .field("db_wait", &self.db_wait)
             .field("http_addr", &self.http_addr)
             .field("grpc_addr", &self.grpc_addr)
             .field("encrypt_key", &self.encrypt_key)
@@ -444,19 +448,61 @@ impl Config {
     /// Reads `--config` (if any) and layers flags and environment over it, then defaults.
     /// Returns the validated configuration and the effective settings it came from.
     pub fn load(args: ServeArgs) -> Result<(Config, Settings), ConfigError> {
-        let file = match &args.config {
-            None => Settings::default(),
-            Some(path) => {
-                let setting = format!("config file {}", path.display());
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::new(setting.clone(), e.to_string()))?;
-                Settings::from_toml(&text).map_err(|e| ConfigError::new(setting, e))?
-            }
-        };
+        let file = file_settings(&args)?;
         let effective = args.settings.over(file).over(Settings::defaults());
         Ok((Config::try_from(effective.clone())?, effective))
     }
 }
+
+/// The settings of `args`' configuration file (none without one).
+pub fn file_settings(args: &ServeArgs) -> Result<Settings, ConfigError> {
+    let Some(path) = &args.config else {
+        return Ok(Settings::default());
+    };
+    let setting = format!("config file {}", path.display());
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(setting.clone(), e.to_string()))?;
+    Settings::from_toml(&text).map_err(|e| ConfigError::new(setting, e))
+}
+
+/// Where each setting of `args` comes from, by key: `flag --x`, `environment X`, `file PATH`
+/// or `default` (a key set nowhere is absent). A value given as a flag and a variable is the
+/// flag's, as for clap.
+pub fn sources(
+    args: &ServeArgs,
+    argv: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+    use clap::Args as _;
+    let command = Settings::augment_args(clap::Command::new("serve"));
+    let given = toml::Table::try_from(&args.settings).expect("settings serialize");
+    let file = toml::Table::try_from(file_settings(args)?).expect("settings serialize");
+    let defaults = toml::Table::try_from(Settings::defaults()).expect("settings serialize");
+    let mut sources = std::collections::BTreeMap::new();
+    for arg in command.get_arguments() {
+        let key = arg.get_id().as_str().to_owned();
+        let source = if given.contains_key(&key) {
+            let long = arg.get_long().unwrap_or_default();
+            let typed = argv
+                .iter()
+                .any(|a| *a == format!("--{long}") || a.starts_with(&format!("--{long}=")));
+            match (typed, arg.get_env()) {
+                (false, Some(variable)) => format!("environment {}", variable.to_string_lossy()),
+                _ => format!("flag --{long}"),
+            }
+        } else if file.contains_key(&key) {
+            let path = args.config.as_deref().unwrap_or(std::path::Path::new(""));
+            format!("file {}", path.display())
+        } else if defaults.contains_key(&key) {
+            "default".to_owned()
+        } else {
+            continue;
+        };
+        sources.insert(key, source);
+    }
+    Ok(sources)
+}
+
+impl Config {}
 
 impl TryFrom<Settings> for Config {
     type Error = ConfigError;
@@ -476,6 +522,7 @@ impl TryFrom<Settings> for Config {
         config.writer.max_batch = positive(s.batch_max, "batch_max")?;
         config.writer.max_wait = Duration::from_millis(required(s.batch_wait_ms, "batch_wait_ms")?);
         config.db_max_connections = positive(s.db_max_connections, "db_max_connections")?;
+        config.db_wait = Duration::from_secs(required(s.db_wait_s, "db_wait_s")?);
         config.read_concurrency = positive(s.read_concurrency, "read_concurrency")?;
         config.health_interval = ms(s.health_interval_ms, "health_interval_ms")?;
         config.watch.heartbeat = ms(s.watch_heartbeat_ms, "watch_heartbeat_ms")?;

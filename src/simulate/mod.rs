@@ -27,16 +27,18 @@ pub struct SimulateArgs {
     #[arg(
         long,
         env = "PROCESS_STATE_HTTP_ADDR",
-        default_value = "127.0.0.1:8080"
+        default_value = "127.0.0.1:8080",
+        value_parser = crate::config::listen_addr
     )]
-    pub http_addr: String,
+    pub http_addr: std::net::SocketAddr,
     /// The service's gRPC address, as `serve` takes it (for the commands printed at the end).
     #[arg(
         long,
         env = "PROCESS_STATE_GRPC_ADDR",
-        default_value = "127.0.0.1:50051"
+        default_value = "127.0.0.1:50051",
+        value_parser = crate::config::listen_addr
     )]
-    pub grpc_addr: String,
+    pub grpc_addr: std::net::SocketAddr,
     /// Number of processes to simulate.
     #[arg(long, default_value_t = 10)]
     pub processes: usize,
@@ -80,7 +82,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let url = args
         .webhook_url
         .clone()
-        .unwrap_or_else(|| format!("http://{}/webhook/event", connect_to(&args.http_addr)));
+        .unwrap_or_else(|| format!("http://{}/webhook/event", connect_to(args.http_addr)));
     let key = args
         .encrypt_key
         .clone()
@@ -118,7 +120,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
         played.len(),
         sent as f64 / secs
     );
-    summary(&played, &args.grpc_addr);
+    summary(&played, args.grpc_addr);
     if args.follow {
         follow(&webhook, &mut rng, &tenant, played, &args).await?;
     }
@@ -126,10 +128,11 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
 }
 
 /// The address to connect to for a listen address: a wildcard listens on this host too.
-fn connect_to(addr: &str) -> String {
-    match addr.rsplit_once(':') {
-        Some(("0.0.0.0" | "[::]" | "", port)) => format!("localhost:{port}"),
-        _ => addr.to_owned(),
+fn connect_to(addr: std::net::SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("localhost:{}", addr.port())
+    } else {
+        addr.to_string()
     }
 }
 
@@ -184,7 +187,7 @@ async fn send_all(
 }
 
 /// Prints what was played and commands to look at it.
-fn summary(played: &[Played], grpc_addr: &str) {
+fn summary(played: &[Played], grpc_addr: std::net::SocketAddr) {
     let waiting: Vec<&Played> = played.iter().filter(|p| !p.later.is_empty()).collect();
     let ended: Vec<&Played> = played.iter().filter(|p| p.later.is_empty()).collect();
     let count = |e: Ending| ended.iter().filter(|p| p.ending == e).count();

@@ -301,3 +301,107 @@ async fn a_missing_postgres_database_is_created() {
         .await
         .unwrap();
 }
+
+/// Messages a user can act on: a bad value in an environment variable names the variable; a
+/// busy port is said once, naming the setting; an unreachable database is waited for (bounded
+/// by db_wait_s), then named by host and port and setting, never with its password;
+/// `config check` says where each value came from, and `--connect` checks the database.
+#[test]
+fn messages_name_what_to_fix() {
+    let output = Command::new(BIN)
+        .args(["serve"])
+        .env("PROCESS_STATE_BODY_LIMIT", "lots")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("environment variable PROCESS_STATE_BODY_LIMIT (body_limit)")
+            && !stderr.contains("--body-limit"),
+        "{stderr}"
+    );
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let dir = write_temp("unused", "").parent().unwrap().to_owned();
+    let output = Command::new(BIN)
+        .args([
+            "serve",
+            "--http-addr",
+            &busy_addr,
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .env("PROCESS_STATE_DATA_DIR", &dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("http_addr"), "{stderr}");
+    assert!(
+        !dir.join("process-state.db").exists(),
+        "nothing opened before the bind"
+    );
+
+    let started = Instant::now();
+    let output = Command::new(BIN)
+        .args([
+            "serve",
+            "--db-wait-s",
+            "2",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .env("DATABASE_URL", "postgres://someone:hunter2@127.0.0.1:1/db")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(started.elapsed() >= Duration::from_secs(2), "it waited");
+    assert!(stderr.contains("waiting for the database"), "{stderr}");
+    assert!(
+        stderr.contains("the database at 127.0.0.1:1 (database_url, DATABASE_URL) is unreachable"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+
+    let file = write_temp("c.toml", "batch_max = 7\n");
+    let output = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .args(["--grpc-addr", "localhost:50052", "--connect"])
+        .env("PROCESS_STATE_BODY_LIMIT", "5000")
+        .env("PROCESS_STATE_DATA_DIR", &dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    for line in [
+        format!("batch_max = 7  # file {}", file.display()),
+        "body_limit = 5000  # environment PROCESS_STATE_BODY_LIMIT".into(),
+        "grpc_addr = \"127.0.0.1:50052\"  # flag --grpc-addr".into(),
+        "http_addr = \"127.0.0.1:8080\"  # default".into(),
+        "# database: no file yet; serve creates it".into(),
+    ] {
+        assert!(stdout.contains(&line), "{line}\n{stdout}");
+    }
+    let output = Command::new(BIN)
+        .args(["config", "check", "--connect", "--db-wait-s", "0"])
+        .env("DATABASE_URL", "postgres://someone:hunter2@127.0.0.1:1/db")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("unreachable"),
+        "{stderr}"
+    );
+}
