@@ -82,6 +82,7 @@ expect ask "GetProcess finds the README's process" '"processId": "70127254616877
 expect ask "GetProcess shows its tasks" '"approverId"'
 expect ask "processes in progress are listed" 'PROCESS_STATUS_IN_PROGRESS'
 expect ask "tasks waiting for someone are listed" 'TASK_STATUS_TODO'
+expect ask "a process's history is listed" '"eventType": "corehr\.process\.'
 expect ask "health says serving" '"status": "SERVING"'
 refuse ask "a grpcurl error" 'Code: '
 expect watch "WatchProcess sends the README's process" '"processId": "7974244737258402775"'

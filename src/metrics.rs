@@ -278,6 +278,7 @@ const RPC_METHODS: &[&str] = &[
     "/processstate.v1.ProcessService/GetProcess",
     "/processstate.v1.ProcessService/ListProcesses",
     "/processstate.v1.ProcessService/ListTasks",
+    "/processstate.v1.ProcessService/ListProcessChanges",
     "/processstate.v1.ProcessService/WatchProcess",
     "/processstate.v1.ProcessService/WatchProcesses",
     "/grpc.health.v1.Health/Check",

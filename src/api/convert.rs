@@ -182,6 +182,16 @@ impl From<domain::CcTask> for pb::CcTask {
     }
 }
 
+/// The API's name of an inbox `source` ("webhook", "long_connection", "rest").
+pub fn event_source(source: &str) -> pb::EventSource {
+    match source {
+        "webhook" => pb::EventSource::Webhook,
+        "long_connection" => pb::EventSource::LongConnection,
+        "rest" => pb::EventSource::Rest,
+        _ => pb::EventSource::Unspecified,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

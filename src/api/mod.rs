@@ -257,6 +257,68 @@ impl ProcessService for ProcessApi {
             revision: page.revision,
         }))
     }
+
+    async fn list_process_changes(
+        &self,
+        request: Request<pb::ListProcessChangesRequest>,
+    ) -> Result<Response<pb::ListProcessChangesResponse>, Status> {
+        let mut req = request.into_inner();
+        validate_id("process_id", &req.process_id)?;
+        let (page, fingerprint) = start_page(&mut req)?;
+        let after = match page.after {
+            None => 0,
+            Some(after) => after
+                .parse::<i64>()
+                .map_err(|_| ApiError::invalid("page_token", "is not a token of this RPC"))?,
+        };
+        let (log, origins) = self
+            .reads
+            .run(async {
+                let log = self
+                    .store
+                    .changes_after(after, Some(&req.process_id), page.limit)
+                    .await?;
+                let ids: Vec<String> = log.sets.iter().map(|s| s.event_id.clone()).collect();
+                let origins = self.store.event_origins(&ids).await?;
+                Ok((log, origins))
+            })
+            .await
+            .map_err(ApiError::from)?;
+        // A full page may have a successor; a short one is the end of the retained log.
+        let more = log.sets.len() == page.limit as usize;
+        let last = log.sets.last().map(|s| s.revision.to_string());
+        let next_page_token = next_token(more, last.as_deref(), &fingerprint);
+        let changes = log
+            .sets
+            .iter()
+            .map(|set| {
+                let (event_type, source) = origins.get(&set.event_id).cloned().unwrap_or_default();
+                pb::ProcessChange {
+                    revision: set.revision,
+                    change: Some(set.into()),
+                    event_type,
+                    source: convert::event_source(&source) as i32,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListProcessChangesResponse {
+            changes,
+            next_page_token,
+            revision: log.through,
+            pruned_through: log.pruned_through,
+        }))
+    }
+}
+
+impl Paged for pb::ListProcessChangesRequest {
+    const RPC: &'static str = "ListProcessChanges";
+
+    fn take_paging(&mut self) -> (i32, String) {
+        (
+            std::mem::take(&mut self.page_size),
+            std::mem::take(&mut self.page_token),
+        )
+    }
 }
 
 /// Longest GetProcess waits for a `min_revision` that is not committed yet.

@@ -352,6 +352,12 @@ impl ProcessService for Minimal {
     ) -> Result<Response<ListTasksResponse>, Status> {
         Err(Status::unimplemented("baseline"))
     }
+    async fn list_process_changes(
+        &self,
+        _: Request<crate::api::pb::ListProcessChangesRequest>,
+    ) -> Result<Response<crate::api::pb::ListProcessChangesResponse>, Status> {
+        Err(Status::unimplemented("baseline"))
+    }
     async fn watch_process(
         &self,
         _: Request<WatchProcessRequest>,

@@ -292,6 +292,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         limit: u32,
     ) -> Result<ChangeLog, StoreError>;
 
+    /// The (event type, source) of each of `event_ids` still in the inbox, by event id.
+    async fn event_origins(
+        &self,
+        event_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, (String, String)>, StoreError>;
+
     /// The (revision, process id) of every change after `after`, and the revision they run
     /// through: what a cache must forget, without the changes' rows.
     async fn changed_processes(&self, after: i64) -> Result<(Vec<(i64, String)>, i64), StoreError>;

@@ -16,6 +16,7 @@ mod deadlines;
 mod grpc;
 mod grpc_web;
 mod grpcurl;
+mod history;
 mod limits;
 mod longconn;
 mod metrics;

@@ -212,6 +212,19 @@ impl Store for PgStore {
         changes::changes_after(&self.pool, after, process_id, limit).await
     }
 
+    async fn event_origins(
+        &self,
+        event_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, (String, String)>, StoreError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "select event_id, event_type, source from inbox where event_id = any($1)",
+        )
+        .bind(event_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id, t, s)| (id, (t, s))).collect())
+    }
+
     async fn changed_processes(&self, after: i64) -> Result<(Vec<(i64, String)>, i64), StoreError> {
         changes::changed_processes(&self.pool, after).await
     }

@@ -176,6 +176,20 @@ impl Store for SqliteStore {
         read::changes_after(&self.reads, after, process_id, limit).await
     }
 
+    async fn event_origins(
+        &self,
+        event_ids: &[String],
+    ) -> Result<std::collections::HashMap<String, (String, String)>, StoreError> {
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "select event_id, event_type, source from inbox
+             where event_id in (select value from json_each(?))",
+        )
+        .bind(serde_json::to_string(event_ids).expect("ids serialize"))
+        .fetch_all(&self.reads)
+        .await?;
+        Ok(rows.into_iter().map(|(id, t, s)| (id, (t, s))).collect())
+    }
+
     async fn changed_processes(&self, after: i64) -> Result<(Vec<(i64, String)>, i64), StoreError> {
         read::changed_processes(&self.reads, after).await
     }
