@@ -17,20 +17,24 @@ mkdir -p target && printf 'dashboard %s\n' "$token" >target/browser-test-tokens
 
 cargo build --quiet
 psql "$admin" -qc "create database $db"
-DATABASE_URL="$base/$db" target/debug/process-state serve \
-    --http-addr "127.0.0.1:$http_port" --grpc-addr "127.0.0.1:$grpc_port" \
-    --auth-tokens-file target/browser-test-tokens 2>target/browser-test-service.log &
-service=$!
+start_service() {
+    DATABASE_URL="$base/$db" target/debug/process-state serve \
+        --http-addr "127.0.0.1:$http_port" --grpc-addr "127.0.0.1:$grpc_port" \
+        --auth-tokens-file target/browser-test-tokens 2>>target/browser-test-service.log &
+    service=$!
+    for _ in $(seq 1 100); do
+        curl -fsS "http://127.0.0.1:$http_port/readyz" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+}
+: >target/browser-test-service.log
+start_service
 cleanup() {
     kill "$service" 2>/dev/null || true
     wait "$service" 2>/dev/null || true
     psql "$admin" -qc "drop database if exists $db with (force)" || true
 }
 trap cleanup EXIT
-for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$http_port/readyz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
 
 # buf curl over gRPC-web: GetProcess, then a WatchProcess stream up to its snapshot.
 curl -fsS -H 'content-type: application/json' "http://127.0.0.1:$http_port/webhook/event" -d \
@@ -47,6 +51,21 @@ refused=$("$buf" curl --protocol grpcweb --http2-prior-knowledge=false --schema 
 grep -qi 'unauthenticated' <<<"$refused" || { echo "buf curl without a token: $refused"; exit 1; }
 echo "buf curl over gRPC-web: GetProcess and WatchProcess ok; refused without a token"
 
+# The page test asks for a disconnect by creating $CONTROL_DIR/stop (the service is stopped)
+# and for the service back by creating $CONTROL_DIR/start (started again, same database).
+control=target/browser-control
+rm -rf "$control" && mkdir -p "$control"
 TOKEN="$token" DASHBOARD_URL="http://127.0.0.1:$grpc_port/" WEBHOOK_URL="http://127.0.0.1:$http_port/webhook/event" \
-    SCREENSHOT="${SCREENSHOT:-target/dashboard.png}" node tests/browser/dashboard.mjs
-echo "browser checks: 5 passed, 0 failed"
+    SCREENSHOT_DIR="${SCREENSHOT_DIR:-target}" CONTROL_DIR="$control" node tests/browser/dashboard.mjs &
+page_test=$!
+while kill -0 "$page_test" 2>/dev/null; do
+    if [ -e "$control/stop" ]; then
+        rm "$control/stop"; kill "$service"; wait "$service" || true
+    fi
+    if [ -e "$control/start" ]; then
+        rm "$control/start"; start_service
+    fi
+    sleep 0.1
+done
+wait "$page_test"
+echo "browser checks: 9 passed, 0 failed"

@@ -1,12 +1,13 @@
 // The process-state dashboard: follows every process over gRPC-web (WatchProcesses), folds the
-// stream into a map, and renders counts, a filterable list and one process's details. It
-// resumes from the last revision it received after a disconnect.
+// stream into a map, and renders counts (click one to filter), a filterable list and one
+// process's details with its history (ListProcessChanges). It resumes from the last revision
+// it received after a disconnect, with a banner while it is disconnected.
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import {
-  CcStatus, NodeStatus, NodeType, ProcessService, ProcessStatus, TaskStatus, TaskType,
-  type Process, type WatchEvent,
+  CcStatus, EventSource, NodeStatus, NodeType, ProcessService, ProcessStatus, TaskStatus, TaskType,
+  type Process, type ProcessChange, type WatchEvent,
 } from "./gen/processstate/v1/process_service_pb";
 
 // With caller authentication on, open the page as /#token=<bearer token>: the fragment never
@@ -31,7 +32,8 @@ let selected: string | undefined;
 
 const $ = (id: string) => document.getElementById(id)!;
 const name = (e: Record<number, string>, v: number) => e[v] ?? String(v);
-const time = (t?: Timestamp) => (t ? timestampDate(t).toLocaleTimeString() : "");
+// Date and time in the reader's time zone.
+const time = (t?: Timestamp) => (t ? timestampDate(t).toLocaleString() : "");
 // A name Feishu gave (from the REST API; events carry none), in the reader's language first.
 const english = navigator.language.toLowerCase().startsWith("en");
 const text = (t?: { zhCn: string; enUs: string }) =>
@@ -56,13 +58,15 @@ function el(tag: string, text = "", cls = ""): HTMLElement {
   return e;
 }
 
-function row(cells: (string | HTMLElement)[]): HTMLTableRowElement {
+// A table row; the cells at `wide` are hidden on narrow screens (class "wide").
+function row(cells: (string | HTMLElement)[], wide: number[] = []): HTMLTableRowElement {
   const tr = document.createElement("tr");
-  for (const c of cells) {
+  cells.forEach((c, i) => {
     const td = document.createElement("td");
     if (typeof c === "string") td.textContent = c; else td.append(c);
+    if (wide.includes(i)) td.className = "wide";
     tr.append(td);
-  }
+  });
   return tr;
 }
 
@@ -103,34 +107,45 @@ function render() {
     const s = name(ProcessStatus, p.status);
     counts.set(s, (counts.get(s) ?? 0) + 1);
   }
-  const countsEl = $("counts");
-  countsEl.replaceChildren(...[["ALL", processes.size] as const, ...counts].map(([s, n]) => {
-    const d = el("div", s, "count");
+  const select = $("filter-status") as HTMLSelectElement;
+  const status = select.value;
+  // A count is a filter: click it to list those processes (ALL clears the filter).
+  $("counts").replaceChildren(...[["ALL", processes.size] as const, ...counts].map(([s, n]) => {
+    const d = el("button", s, "count");
     d.dataset.status = s;
+    if ((s === "ALL" ? "" : s) === status) d.classList.add("active");
     d.prepend(el("b", String(n)));
+    d.onclick = () => { select.value = s === "ALL" ? "" : s; render(); };
     return d;
   }));
 
   const query = ($("filter-text") as HTMLInputElement).value.trim().toLowerCase();
-  const status = ($("filter-status") as HTMLSelectElement).value;
-  const rows = [...processes.values()]
+  const matching = [...processes.values()]
     .filter((p) => !status || name(ProcessStatus, p.status) === status)
     .filter((p) => !query || [p.processId, p.bizType, text(p.name), who(p.initiator), waitingFor(p)]
       .some((v) => v.toLowerCase().includes(query)))
-    .sort((a, b) => Number(b.revision - a.revision))
-    .slice(0, 500)
-    .map((p) => {
-      const title = el("span", text(p.name) || p.processId);
-      title.title = p.processId;
-      const tr = row([title, badge(name(ProcessStatus, p.status)), p.bizType, waitingFor(p), time(p.changeTime)]);
-      tr.dataset.processId = p.processId;
-      if (p.processId === selected) tr.className = "selected";
-      tr.onclick = () => { selected = p.processId; render(); };
-      return tr;
-    });
+    .sort((a, b) => Number(b.revision - a.revision));
+  const rows = matching.slice(0, SHOWN).map((p) => {
+    const title = el("span", text(p.name) || p.processId);
+    title.title = p.processId;
+    const changed = el("span", time(p.changeTime));
+    if (p.changeTime) changed.title = timestampDate(p.changeTime).toISOString();
+    const tr = row([title, badge(name(ProcessStatus, p.status)), p.bizType, waitingFor(p), changed], [2, 4]);
+    tr.dataset.processId = p.processId;
+    if (p.processId === selected) tr.className = "selected";
+    tr.onclick = () => { selected = p.processId; render(); };
+    return tr;
+  });
   $("processes").replaceChildren(...rows);
+  // Never a silent cap: say how many match and how many are shown.
+  $("shown").textContent = matching.length > SHOWN
+    ? `Showing the ${SHOWN} most recently changed of ${matching.length} matching processes: narrow the filter to find the others.`
+    : `${matching.length} of ${processes.size} processes.`;
   renderDetail();
 }
+
+// Rows the list shows at most; the note under it says when more match.
+const SHOWN = 500;
 
 function table(headers: string[], rows: HTMLTableRowElement[]): HTMLElement {
   if (rows.length === 0) return el("p", "none", "empty");
@@ -140,7 +155,10 @@ function table(headers: string[], rows: HTMLTableRowElement[]): HTMLElement {
   const body = document.createElement("tbody");
   body.append(...rows);
   t.append(head, body);
-  return t;
+  // Wide tables scroll inside their panel, never the page.
+  const box = el("div", "", "scroll");
+  box.append(t);
+  return box;
 }
 
 function renderDetail() {
@@ -160,13 +178,78 @@ function renderDetail() {
       row([t.approverId, who(t.assignee), text(t.nodeName) || t.nodeDefinitionId, name(TaskType, t.type), badge(name(TaskStatus, t.status))]))),
     el("h3", "CC tasks"),
     table(["CC task", "Recipient", "Status"], p.ccTasks.map((c) => row([c.approverId, who(c.recipient), badge(name(CcStatus, c.status))]))),
+    el("h3", "History"),
+    historyOf(p),
   );
+}
+
+// The selected process's history, from ListProcessChanges: loaded when it is selected and again
+// when it changes (its revision moved), all pages up to HISTORY_MAX changes.
+const HISTORY_MAX = 1000;
+let loaded: { processId: string; revision: bigint; changes: ProcessChange[]; more: boolean; prunedThrough: bigint } | undefined;
+let loading: string | undefined;
+
+function historyOf(p: Process): HTMLElement {
+  const key = `${p.processId}@${p.revision}`;
+  if ((!loaded || loaded.processId !== p.processId || loaded.revision !== p.revision) && loading !== key) {
+    loading = key;
+    loadHistory(p.processId, p.revision).finally(() => { if (loading === key) loading = undefined; });
+  }
+  if (!loaded || loaded.processId !== p.processId) return el("p", "loading…", "empty");
+  const rows = [...loaded.changes].reverse().map((c) => row([
+    String(c.revision),
+    time(c.change?.changeTime),
+    c.eventType.replace(/^corehr\.process\./, ""),
+    name(EventSource, c.source).toLowerCase().replace("_", " "),
+    whatChanged(c),
+  ]));
+  const box = el("div");
+  box.append(table(["Revision", "Time", "Event", "Source", "What changed"], rows));
+  if (loaded.more) box.append(el("p", `The ${HISTORY_MAX} oldest changes of more are shown.`, "note"));
+  if (loaded.prunedThrough > 0n) box.append(el("p", `Changes up to revision ${loaded.prunedThrough} are past the change log's retention.`, "note"));
+  return box;
+}
+
+function whatChanged(c: ProcessChange): string {
+  const ch = c.change;
+  if (!ch) return "";
+  const parts: string[] = [];
+  if (ch.process) parts.push(`process ${name(ProcessStatus, ch.process.status)}`);
+  if (ch.node) parts.push(`node ${ch.node.nodeDefinitionId || ch.node.processNodeId} ${name(NodeStatus, ch.node.nodeStatus)}`);
+  if (ch.task) parts.push(`task ${who(ch.task.assignee) || ch.task.approverId} ${name(TaskStatus, ch.task.status)}`);
+  if (ch.ccTask) parts.push(`cc ${who(ch.ccTask.recipient) || ch.ccTask.approverId} ${name(CcStatus, ch.ccTask.status)}`);
+  return parts.join("; ");
+}
+
+async function loadHistory(processId: string, revision: bigint) {
+  const changes: ProcessChange[] = [];
+  let pageToken = "";
+  let prunedThrough = 0n;
+  try {
+    do {
+      const page = await client.listProcessChanges({ processId, pageSize: 200, pageToken });
+      changes.push(...page.changes);
+      prunedThrough = page.prunedThrough;
+      pageToken = page.nextPageToken;
+    } while (pageToken && changes.length < HISTORY_MAX);
+  } catch {
+    return; // the next change of the process (or selecting it again) tries again
+  }
+  loaded = { processId, revision, changes, more: pageToken !== "", prunedThrough };
+  if (selected === processId) renderDetail();
 }
 
 function setState(text: string, cls: string) {
   const s = $("state");
   s.textContent = text;
   s.className = cls;
+}
+
+// Shown while the stream is down: what happened, and that the list resumes where it was.
+function banner(message: string | undefined) {
+  const b = $("banner");
+  b.textContent = message ?? "";
+  b.className = message ? "shown" : "";
 }
 
 async function follow() {
@@ -180,13 +263,19 @@ async function follow() {
         if (!response.event) continue;
         apply(response.event);
         setState("live", "live");
+        banner(undefined);
         render();
       }
+      throw new Error("the stream ended");
     } catch (err) {
       if (err instanceof ConnectError && err.code === Code.Unauthenticated) {
         setState("unauthenticated: open this page as /#token=<your token>", "retrying");
       } else {
-        setState(`reconnecting: ${err instanceof Error ? err.message : String(err)}`, "retrying");
+        const why = err instanceof Error ? err.message : String(err);
+        setState("reconnecting", "retrying");
+        banner(revision === undefined
+          ? `Disconnected from the service (${why}). Reconnecting every second…`
+          : `Disconnected from the service (${why}). Reconnecting every second; what is shown is as of revision ${revision} and resumes from there.`);
       }
     }
     await new Promise((r) => setTimeout(r, 1000));

@@ -1,18 +1,40 @@
 // Loads the dashboard in Debian's headless Chromium, sends webhook events, and checks that a
-// process appears and that its status changes live, without a reload. Saves a screenshot.
+// process appears and that its status changes live, without a reload; that its history lists
+// its events; that a status card filters the list; that a disconnect shows a banner and the
+// list resumes after it; and that nothing overflows at 1280 and 390 px (screenshots of both).
 // With caller authentication on, a page without a token says so, and one opened with
-// #token=... works. Env: DASHBOARD_URL, WEBHOOK_URL, SCREENSHOT, TOKEN.
+// #token=... works. Env: DASHBOARD_URL, WEBHOOK_URL, SCREENSHOT_DIR, TOKEN.
 import { chromium } from "playwright-core";
 
-const { DASHBOARD_URL, WEBHOOK_URL, SCREENSHOT, TOKEN } = process.env;
+import { existsSync, writeFileSync } from "node:fs";
+
+const { DASHBOARD_URL, WEBHOOK_URL, SCREENSHOT_DIR, TOKEN, CONTROL_DIR } = process.env;
+
+// Asks browser-test.sh to stop or start the service, and waits until it did.
+async function service(action) {
+  const file = `${CONTROL_DIR}/${action}`;
+  writeFileSync(file, "");
+  while (existsSync(file)) await new Promise((r) => setTimeout(r, 100));
+}
 const processId = String(7300000000000000000n + BigInt(Date.now()));
 
-function event(id, status, createTime, type = "corehr.process.status.update_v2", body = {}) {
+function event(id, status, createTime, type = "corehr.process.status.update_v2", body = {}, process = processId) {
   return {
     schema: "2.0",
     header: { event_id: id, event_type: type, create_time: String(createTime), tenant_key: "t", app_id: "cli_a1b2c3d4e5f60718" },
-    event: { process_id: processId, status, biz_type: "leave", flow_definition_id: "people_1_2", properties: 1, ...body },
+    event: { process_id: process, status, biz_type: "leave", flow_definition_id: "people_1_2", properties: 1, ...body },
   };
+}
+
+// Nothing wider than the window: no horizontal scroll bar on the page itself.
+async function noOverflow(page, width) {
+  const [scroll, inner, widest] = await page.evaluate(() => {
+    const over = [...document.querySelectorAll("body *")]
+      .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 0.5)
+      .map((e) => `${e.tagName.toLowerCase()}${e.id ? "#" + e.id : ""}.${e.className}`);
+    return [document.documentElement.scrollWidth, window.innerWidth, over.slice(0, 5).join(", ")];
+  });
+  if (scroll > inner) throw new Error(`at ${width} px the page is ${scroll} px wide (${widest})`);
 }
 
 async function post(e) {
@@ -76,8 +98,47 @@ try {
   await row.locator(".s-COMPLETED").waitFor({ timeout: 15000 });
   if ((await row.locator("td").nth(3).textContent()) !== "") throw new Error("a completed process still waits for someone");
   if (navigations !== 1) throw new Error(`the page reloaded (${navigations} navigations)`);
-  await page.screenshot({ path: SCREENSHOT });
-  console.log(`dashboard: process ${processId} appeared and turned COMPLETED live; screenshot ${SCREENSHOT}`);
+  console.log(`dashboard: process ${processId} appeared and turned COMPLETED live`);
+
+  // Its history: every event, newest first, with type and source (ListProcessChanges).
+  const history = page.locator("#detail table").last();
+  await history.locator("tbody tr").nth(2).waitFor({ timeout: 15000 });
+  const first = await history.locator("tbody tr").first().textContent();
+  if (!/status\.update_v2/.test(first) || !/webhook/.test(first) || !/COMPLETED/.test(first)) {
+    throw new Error(`history's newest row: ${first}`);
+  }
+  await history.locator("td", { hasText: "approver.updated_v2" }).waitFor();
+  console.log("dashboard: the selected process's history lists its three events with type and source");
+
+  // A status card filters the list; ALL clears it. The note says how many are shown.
+  await page.locator('button.count[data-status="COMPLETED"]').click();
+  if ((await page.locator("#filter-status").inputValue()) !== "COMPLETED") throw new Error("the card did not filter");
+  if (await page.locator("#processes .s-IN_PROGRESS").count() > 0) throw new Error("the filtered list shows other statuses");
+  await page.locator('button.count[data-status="COMPLETED"].active').waitFor();
+  await page.locator("#shown", { hasText: " of " }).waitFor();
+  await page.locator('button.count[data-status="ALL"]').click();
+  console.log("dashboard: a status card filters the list");
+
+  // A disconnect (the service stopped, then started again): a banner while it lasts; then the
+  // list resumes from its revision with what happened since.
+  await service("stop");
+  await page.locator("#banner.shown").waitFor({ timeout: 30000 });
+  await service("start");
+  const later = String(BigInt(processId) + 1n);
+  await post(event(`bt-${later}-1`, 1, 1719391070000, undefined, {}, later));
+  await page.locator("#state.live").waitFor({ timeout: 30000 });
+  await page.locator(`tr[data-process-id="${later}"]`).waitFor({ timeout: 15000 });
+  if (await page.locator("#banner.shown").count() > 0) throw new Error("the banner stayed after the resume");
+  if (navigations !== 1) throw new Error(`the page reloaded (${navigations} navigations)`);
+  console.log("dashboard: a disconnect shows a banner; the list resumes with the change made meanwhile");
+
+  for (const width of [1280, 390]) {
+    await page.setViewportSize({ width, height: width > 800 ? 800 : 844 });
+    await page.waitForTimeout(300);
+    await noOverflow(page, width);
+    await page.screenshot({ path: `${SCREENSHOT_DIR}/dashboard-${width}.png`, fullPage: width < 800 });
+  }
+  console.log(`dashboard: nothing overflows at 1280 and 390 px; screenshots in ${SCREENSHOT_DIR}`);
 } catch (err) {
   failed = true;
   console.error(`dashboard test failed: ${err.stack ?? err}`);
