@@ -332,6 +332,7 @@ fn messages_name_what_to_fix() {
             "--grpc-addr",
             "127.0.0.1:0",
         ])
+        .env_remove("DATABASE_URL")
         .env("PROCESS_STATE_DATA_DIR", &dir)
         .env("NO_COLOR", "1")
         .output()
@@ -380,6 +381,7 @@ fn messages_name_what_to_fix() {
         .arg(&file)
         .args(["--grpc-addr", "localhost:50052", "--connect"])
         .env("PROCESS_STATE_BODY_LIMIT", "5000")
+        .env_remove("DATABASE_URL")
         .env("PROCESS_STATE_DATA_DIR", &dir)
         .output()
         .unwrap();
