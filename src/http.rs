@@ -50,12 +50,25 @@ pub fn router(webhook: WebhookState, probes: Probes, scrape: Scrape) -> Router {
         .with_state(probes);
     // Expected failures (a 503 while the database is down, a 401) are logged once, by the
     // handler, at the level they deserve; the trace layer records them at debug only.
-    let trace =
-        TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG));
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(request_span)
+        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG));
     webhook::router(webhook)
         .merge(probes)
         .merge(metrics)
         .layer(trace)
+}
+
+/// A request's span, parented to the caller's `traceparent` when it sent one.
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "http_request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        otel.kind = "server"
+    );
+    crate::traces::extract(request.headers(), &span);
+    span
 }
 
 /// The Prometheus exposition (OpenMetrics text), with the live gauges refreshed first.

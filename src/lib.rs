@@ -49,3 +49,4 @@ pub mod simulate;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod traces;

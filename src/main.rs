@@ -9,15 +9,20 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::try_parse().unwrap_or_else(|e| exit_naming_variable(e));
-    process_state::telemetry::init(cli.log_format);
-    match run(cli.command).await {
+    let traces = process_state::telemetry::init(cli.log_format);
+    let code = match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line, naming the cause (a bad setting names the flag and its variable).
             tracing::error!("{err:#}");
             ExitCode::FAILURE
         }
+    };
+    // The last batch of spans goes out before the process ends.
+    if let Some(provider) = traces {
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
     }
+    code
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {

@@ -35,21 +35,38 @@ pub fn capped(mut filter: EnvFilter) -> EnvFilter {
     filter
 }
 
-/// Installs the global subscriber. Call once, from `main`.
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber: logs to stderr, and OpenTelemetry traces when the
+/// environment asks for them (see `traces.rs`); returns the trace provider to flush at exit.
+/// Call once, from `main`, inside the tokio runtime.
+pub fn init(format: LogFormat) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, filter::LevelFilter};
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = fmt()
-        .with_env_filter(filter("info"))
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
+    let logs = fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let logs = match format {
+        LogFormat::Text => logs.boxed(),
+        LogFormat::Json => logs
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .init(),
-    }
+            .boxed(),
+    };
+    crate::traces::propagate_w3c();
+    let provider = crate::traces::wanted()
+        .then(|| crate::traces::provider(None))
+        .and_then(|p| p.map_err(|e| eprintln!("traces off: {e}")).ok());
+    // Spans of INFO and above become traces, whatever RUST_LOG says about log lines.
+    let traces = provider.as_ref().map(|p| {
+        crate::traces::layer(p).with_filter(capped(
+            EnvFilter::default().add_directive(LevelFilter::INFO.into()),
+        ))
+    });
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter("info")))
+        .with(traces)
+        .init();
+    provider
 }
 
 /// At most one log line per reason per interval for things anyone can trigger (a refused

@@ -143,5 +143,13 @@ fn rpc_span<B>(request: &http::Request<B>) -> tracing::Span {
         .extensions()
         .get::<crate::caller::Caller>()
         .map_or("anonymous", |c| &c.0);
-    tracing::debug_span!("rpc", path = %request.uri().path(), caller = %caller)
+    let span = tracing::info_span!(
+        "rpc",
+        path = %request.uri().path(),
+        caller = %caller,
+        otel.kind = "server"
+    );
+    // gRPC and gRPC-web alike carry `traceparent` as a header.
+    crate::traces::extract(request.headers(), &span);
+    span
 }

@@ -58,6 +58,8 @@ pub enum IngestError {
 struct Job {
     event: Event,
     reply: oneshot::Sender<Result<Outcome, IngestError>>,
+    /// The submitting request's span, which the batch's span links to (traces).
+    link: Option<opentelemetry::trace::SpanContext>,
 }
 
 /// Handle to the writer; cheap to clone, one per intake path.
@@ -91,7 +93,8 @@ impl Announced {
             return Err(IngestError::Unavailable);
         }
         let (reply, answer) = oneshot::channel();
-        let queued = self.ingest.queue.send(Job { event, reply }).await;
+        let link = crate::traces::current_link();
+        let queued = self.ingest.queue.send(Job { event, reply, link }).await;
         drop(self);
         queued.map_err(|_| IngestError::Stopped)?;
         answer.await.map_err(|_| IngestError::Stopped)?
@@ -182,9 +185,17 @@ impl Writer {
             };
             gather(&mut queue, &mut jobs, &arrivals, limits).await;
             expect = jobs.len();
-            let (events, replies): (Vec<Event>, Vec<_>) =
-                jobs.drain(..).map(|j| (j.event, j.reply)).unzip();
-            let span = info_span!("ingest_batch", size = events.len());
+            let mut links = Vec::new();
+            let (events, replies): (Vec<Event>, Vec<_>) = jobs
+                .drain(..)
+                .map(|j| {
+                    links.extend(j.link);
+                    (j.event, j.reply)
+                })
+                .unzip();
+            // One batch serves many requests: linked to each, parented to none.
+            let span = info_span!(parent: None, "ingest_batch", size = events.len());
+            crate::traces::link(&span, links);
             metrics.batch_size.observe(events.len() as f64);
             let started = Instant::now();
             self.commit(events, replies).instrument(span).await;
@@ -210,7 +221,11 @@ impl Writer {
 
     /// One transaction, bounded by the commit timeout (a timeout counts as unavailable).
     async fn ingest(&self, events: &[Event]) -> Result<Vec<Outcome>, StoreError> {
-        match tokio::time::timeout(self.timeout, self.store.ingest(events)).await {
+        let commit = self
+            .store
+            .ingest(events)
+            .instrument(info_span!("commit", events = events.len()));
+        match tokio::time::timeout(self.timeout, commit).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
         }

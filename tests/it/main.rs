@@ -31,5 +31,6 @@ mod security;
 mod shutdown;
 mod simulate;
 mod store_down;
+mod traces;
 mod watch;
 mod webhook;
