@@ -59,11 +59,12 @@ TOKEN="$token" DASHBOARD_URL="http://127.0.0.1:$grpc_port/" WEBHOOK_URL="http://
     SCREENSHOT_DIR="${SCREENSHOT_DIR:-target}" CONTROL_DIR="$control" node tests/browser/dashboard.mjs &
 page_test=$!
 while kill -0 "$page_test" 2>/dev/null; do
+    # The file goes once the action is done: the page test waits for that.
     if [ -e "$control/stop" ]; then
-        rm "$control/stop"; kill "$service"; wait "$service" || true
+        kill "$service"; wait "$service" || true; rm "$control/stop"
     fi
     if [ -e "$control/start" ]; then
-        rm "$control/start"; start_service
+        start_service; rm "$control/start"
     fi
     sleep 0.1
 done
