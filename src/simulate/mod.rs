@@ -280,8 +280,8 @@ async fn follow(
             let i = rng.random_range(0..waiting.len());
             let p = &mut waiting[i];
             // Up to the next waiting point, or the end.
-            let rest: Vec<Value> = p.later.iter().cloned().collect();
-            let take = waiting_points(&rest).first().map_or(rest.len(), |&w| w + 1);
+            let rest = p.later.make_contiguous();
+            let take = waiting_points(rest).first().map_or(rest.len(), |&w| w + 1);
             let events: Vec<Value> = p.later.drain(..take).collect();
             let ended = p.later.is_empty();
             let id = p.process_id.clone();

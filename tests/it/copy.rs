@@ -2,9 +2,9 @@
 //! database as it is: every table compares equal, the API answers the same, and a watcher
 //! resumes on Postgres from the revision it had on SQLite, receiving exactly the same changes.
 
-use crate::common::{Backend, TestApp, TestDb, VERIFICATION_TOKEN, config, counts};
+use crate::common::{Backend, TestApp, TestDb, config, counts};
 use process_state::api::pb::{self, GetProcessRequest, WatchProcessesRequest};
-use process_state::simulate::scenario::{Tenant, process_events};
+use process_state::simulate::scenario::process_events;
 use rand::{SeedableRng, rngs::StdRng};
 use std::process::Command;
 use std::time::Duration;
@@ -92,11 +92,7 @@ async fn a_copied_store_answers_the_same_and_watchers_resume_on_it() {
     }
     let sqlite = TestDb::on(Backend::Sqlite).await;
     let app = TestApp::spawn(config(&sqlite)).await;
-    let tenant = Tenant {
-        app_id: "cli_a1b2c3d4e5f60718".into(),
-        tenant_key: "t".into(),
-        verification_token: Some(VERIFICATION_TOKEN.into()),
-    };
+    let tenant = crate::common::tenant();
     let mut rng = StdRng::seed_from_u64(7);
     let mut ids = Vec::new();
     let mut later = Vec::new();

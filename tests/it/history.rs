@@ -1,9 +1,9 @@
 //! `ListProcessChanges`: a process's history from the change log, oldest first, paged with
 //! tokens bound to the process; each change names its event's type and source.
 
-use crate::common::{TestApp, TestDb, VERIFICATION_TOKEN, config};
+use crate::common::{TestApp, TestDb, config};
 use process_state::api::pb::{EventSource, ListProcessChangesRequest};
-use process_state::simulate::scenario::{Tenant, process_events};
+use process_state::simulate::scenario::process_events;
 use rand::{SeedableRng, rngs::StdRng};
 use tonic::Code;
 
@@ -12,11 +12,7 @@ crate::on_both_stores! {
     async fn a_process_history_pages_through_every_change_it_had(backend) {
         let db = TestDb::on(backend).await;
         let app = TestApp::spawn(config(&db)).await;
-        let tenant = Tenant {
-            app_id: "cli_a1b2c3d4e5f60718".into(),
-            tenant_key: "t".into(),
-            verification_token: Some(VERIFICATION_TOKEN.into()),
-        };
+        let tenant = crate::common::tenant();
         let mut rng = StdRng::seed_from_u64(11);
         let (mine, _) = process_events(&mut rng, &tenant, 1_719_391_068_000);
         let (other, _) = process_events(&mut rng, &tenant, 1_719_391_068_000);

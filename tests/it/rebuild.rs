@@ -1,8 +1,8 @@
 //! `process-state rebuild --verify` folds the inbox again with the ingest algorithm and names
 //! the entities whose stored state differs; on a store fed only by ingest there are none.
 
-use crate::common::{Backend, TestApp, TestDb, VERIFICATION_TOKEN, config};
-use process_state::simulate::scenario::{Tenant, process_events};
+use crate::common::{Backend, TestApp, TestDb, config};
+use process_state::simulate::scenario::process_events;
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use sqlx::Connection;
 use std::process::Command;
@@ -26,11 +26,7 @@ crate::on_both_stores! {
     async fn the_stored_state_is_the_fold_of_the_inbox(backend) {
         let db = TestDb::on(backend).await;
         let app = TestApp::spawn(config(&db)).await;
-        let tenant = Tenant {
-            app_id: "cli_a1b2c3d4e5f60718".into(),
-            tenant_key: "t".into(),
-            verification_token: Some(VERIFICATION_TOKEN.into()),
-        };
+        let tenant = crate::common::tenant();
         let mut rng = StdRng::seed_from_u64(11);
         let mut events = Vec::new();
         for _ in 0..8 {

@@ -9,7 +9,7 @@ use process_state::api::pb::{
     self, GetProcessRequest, WatchEvent, WatchProcessRequest, WatchProcessesRequest,
     watch_event::Kind,
 };
-use process_state::simulate::scenario::{Tenant, process_events};
+use process_state::simulate::scenario::process_events;
 use rand::{SeedableRng, rngs::StdRng};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -19,19 +19,11 @@ use tonic::{Code, Streaming};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn tenant() -> Tenant {
-    Tenant {
-        app_id: "cli_a1b2c3d4e5f60718".into(),
-        tenant_key: "t".into(),
-        verification_token: Some(VERIFICATION_TOKEN.into()),
-    }
-}
-
 /// Realistic events for `n` processes (seeded), and the process ids.
 fn scenario(seed: u64, n: usize) -> (Vec<Vec<Value>>, Vec<String>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let per_process: Vec<Vec<Value>> = (0..n)
-        .map(|_| process_events(&mut rng, &tenant(), 1_719_391_068_000).0)
+        .map(|_| process_events(&mut rng, &crate::common::tenant(), 1_719_391_068_000).0)
         .collect();
     let ids = per_process
         .iter()

@@ -299,6 +299,15 @@ pub struct TestApp {
     pub client: reqwest::Client,
 }
 
+/// The tenant of the simulated events most tests deliver (signed with the vectors' token).
+pub fn tenant() -> process_state::simulate::scenario::Tenant {
+    process_state::simulate::scenario::Tenant {
+        app_id: "cli_a1b2c3d4e5f60718".into(),
+        tenant_key: "t".into(),
+        verification_token: Some(VERIFICATION_TOKEN.into()),
+    }
+}
+
 /// The config tests start from: Feishu credentials of the vectors, quick health checks.
 pub fn config(db: &TestDb) -> Config {
     let mut config = Config::new(db.database());
