@@ -27,6 +27,13 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqli
 /// How long a statement waits for another connection's lock before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How much of the database file readers map into memory (SQLite's largest): a page read is
+/// then a memory access instead of a `pread` into each connection's private cache. Only
+/// readers map it; the writer reads the rows it folds through its own cache. An I/O error on
+/// a mapped page is a signal instead of an error, which is why local disks only (the lock
+/// file already rules out network file systems and other processes).
+const MMAP_SIZE: &str = "2147418112";
+
 /// A time as stored: RFC 3339 in UTC with six fractional digits, so text order is time order.
 pub fn stored_time(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00").to_string()
@@ -41,6 +48,8 @@ pub struct SqliteStore {
     reads: SqlitePool,
     /// Rung with the new revision after each commit that made one.
     bell: Arc<watch::Sender<i64>>,
+    /// The state tables' rows as JSON, read from the schema on first use (after migrations).
+    json: Arc<tokio::sync::OnceCell<read::RowJson>>,
     /// Held until the store is closed: this process serves the file.
     lock: Arc<std::sync::Mutex<Option<FileLock>>>,
     path: PathBuf,
@@ -73,11 +82,12 @@ impl SqliteStore {
         let reads = SqlitePoolOptions::new()
             .max_connections(read_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy_with(options.read_only(true));
+            .connect_lazy_with(options.read_only(true).pragma("mmap_size", MMAP_SIZE));
         Ok(Self {
             writer,
             reads,
             bell: Arc::new(watch::channel(0).0),
+            json: Arc::default(),
             lock: Arc::new(std::sync::Mutex::new(Some(lock))),
             path: path.to_owned(),
         })
@@ -97,6 +107,12 @@ impl SqliteStore {
     /// The read pool (`copy` reads through it).
     pub(in crate::store) fn read_pool(&self) -> &SqlitePool {
         &self.reads
+    }
+
+    async fn json(&self) -> Result<&read::RowJson, StoreError> {
+        self.json
+            .get_or_try_init(|| read::RowJson::read(&self.reads))
+            .await
     }
 
     /// Connections the read pool may hand out.
@@ -134,7 +150,7 @@ impl Store for SqliteStore {
         &self,
         process_id: &str,
     ) -> Result<(Option<ProcessDetail>, i64), StoreError> {
-        read::get_process(&self.reads, process_id).await
+        read::get_process(&self.reads, self.json().await?, process_id).await
     }
 
     async fn list_processes(
@@ -142,7 +158,7 @@ impl Store for SqliteStore {
         filter: &ProcessFilter,
         page: &PageRequest,
     ) -> Result<Page<Process>, StoreError> {
-        read::list_processes(&self.reads, filter, page).await
+        read::list_processes(&self.reads, self.json().await?, filter, page).await
     }
 
     async fn list_tasks(
@@ -150,7 +166,7 @@ impl Store for SqliteStore {
         filter: &TaskFilter,
         page: &PageRequest,
     ) -> Result<Page<Task>, StoreError> {
-        read::list_tasks(&self.reads, filter, page).await
+        read::list_tasks(&self.reads, self.json().await?, filter, page).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -199,7 +215,7 @@ impl Store for SqliteStore {
         filter: &ProcessFilter,
         page: &PageRequest,
     ) -> Result<Page<ProcessDetail>, StoreError> {
-        read::snapshot_page(&self.reads, filter, page).await
+        read::snapshot_page(&self.reads, self.json().await?, filter, page).await
     }
 
     async fn prune(&self, retention: Retention) -> Result<i64, StoreError> {

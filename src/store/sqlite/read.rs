@@ -5,13 +5,12 @@
 use super::stored_time;
 use crate::domain::{Process, ProcessDetail, Task};
 use crate::store::changes::LoggedChange;
-use crate::store::rows::{CcState, NodeState, ProcessState, TaskState};
+use crate::store::rows::{ProcessState, TaskState, decode_detail};
 use crate::store::{
     ChangeLog, LogBounds, Page, PageRequest, ProcessFilter, Retention, StoreError, TaskFilter,
 };
 use chrono::Utc;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 
 async fn revision(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("select revision from revision_counter")
@@ -19,52 +18,101 @@ async fn revision(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
         .await
 }
 
-/// A process's children and the process itself, read on `conn`.
-async fn detail(
-    conn: &mut SqliteConnection,
-    process: ProcessState,
-) -> Result<ProcessDetail, sqlx::Error> {
-    let id = process.process_id.clone();
-    let nodes: Vec<NodeState> =
-        sqlx::query_as("select * from nodes where process_id = ? order by process_node_id")
-            .bind(&id)
-            .fetch_all(&mut *conn)
-            .await?;
-    let tasks: Vec<TaskState> =
-        sqlx::query_as("select * from tasks where process_id = ? order by approver_id")
-            .bind(&id)
-            .fetch_all(&mut *conn)
-            .await?;
-    let cc_tasks: Vec<CcState> =
-        sqlx::query_as("select * from cc_tasks where process_id = ? order by approver_id")
-            .bind(&id)
-            .fetch_all(&mut *conn)
-            .await?;
-    Ok(ProcessDetail {
-        process: process.into(),
-        nodes: nodes.into_iter().map(Into::into).collect(),
-        tasks: tasks.into_iter().map(Into::into).collect(),
-        cc_tasks: cc_tasks.into_iter().map(Into::into).collect(),
-    })
+/// Each state table's row as an SQL expression giving a JSON object (`json_object('column',
+/// column, …)` over the table's columns, read from the schema once): what Postgres's
+/// `to_jsonb(row)` gives, decoded by the same `rows` types. A page, or a process with its
+/// children, then comes back as one value in one row: sqlx's SQLite worker copies every value
+/// of every row and hands rows over one at a time, which cost more than the query itself.
+#[derive(Debug)]
+pub(super) struct RowJson {
+    processes: String,
+    nodes: String,
+    tasks: String,
+    cc_tasks: String,
+}
+
+impl RowJson {
+    pub(super) async fn read(pool: &SqlitePool) -> Result<Self, StoreError> {
+        let mut conn = pool.acquire().await?;
+        let mut object = async |table: &str| -> Result<String, StoreError> {
+            let columns: Vec<String> =
+                sqlx::query_scalar("select name from pragma_table_info(?) order by cid")
+                    .bind(table)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            if columns.is_empty() {
+                return Err(StoreError::Setup(format!("the table {table} is missing")));
+            }
+            let pairs: Vec<String> = columns
+                .iter()
+                .map(|c| match c.as_str() {
+                    // Stored as JSON text, read as the object it holds.
+                    JSON_COLUMN => format!("'{c}', json({c})"),
+                    _ => format!("'{c}', {c}"),
+                })
+                .collect();
+            Ok(format!("json_object({})", pairs.join(", ")))
+        };
+        Ok(Self {
+            processes: object("processes").await?,
+            nodes: object("nodes").await?,
+            tasks: object("tasks").await?,
+            cc_tasks: object("cc_tasks").await?,
+        })
+    }
+
+    /// Select-list of a process with its children: the process's JSON (null when there is no
+    /// such process) and three arrays, for the process whose id is `process_id` (an SQL
+    /// expression), ordered as on Postgres.
+    fn detail(&self, process_id: &str) -> String {
+        let Self {
+            processes,
+            nodes,
+            tasks,
+            cc_tasks,
+        } = self;
+        format!(
+            "(select {processes} from processes where process_id = {process_id}),
+             (select json_group_array({nodes} order by process_node_id) from nodes where process_id = {process_id}),
+             (select json_group_array({tasks} order by approver_id) from tasks where process_id = {process_id}),
+             (select json_group_array({cc_tasks} order by approver_id) from cc_tasks where process_id = {process_id})"
+        )
+    }
+}
+
+/// The one column stored as JSON text that rows hold as JSON (the per-field versions); the
+/// other JSON-bearing columns (names, links, abstracts) are text on both stores.
+const JSON_COLUMN: &str = "versions";
+
+fn parse(text: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Decode(e.to_string()))
 }
 
 pub(super) async fn get_process(
     pool: &SqlitePool,
+    json: &RowJson,
     process_id: &str,
 ) -> Result<(Option<ProcessDetail>, i64), StoreError> {
-    let mut tx = pool.begin().await?;
-    let revision = revision(&mut tx).await?;
-    let process: Option<ProcessState> =
-        sqlx::query_as("select * from processes where process_id = ?")
+    // One statement: one snapshot, one trip to SQLite's thread.
+    let sql = format!(
+        "select r.revision, {} from revision_counter r",
+        json.detail("?1")
+    );
+    let (revision, process, nodes, tasks, cc_tasks): (i64, Option<String>, String, String, String) =
+        sqlx::query_as(&sql)
             .bind(process_id)
-            .fetch_optional(&mut *tx)
+            .fetch_one(pool)
             .await?;
-    let detail = match process {
-        Some(p) => Some(detail(&mut tx, p).await?),
-        None => None,
+    let Some(process) = process else {
+        return Ok((None, revision));
     };
-    tx.commit().await?;
-    Ok((detail, revision))
+    let detail = decode_detail(
+        parse(&process)?,
+        parse(&nodes)?,
+        parse(&tasks)?,
+        parse(&cc_tasks)?,
+    )?;
+    Ok((Some(detail), revision))
 }
 
 /// ` and column in (values)`, nothing when `values` is empty.
@@ -99,13 +147,13 @@ fn push_process_filter(q: &mut QueryBuilder<'_, Sqlite>, f: &ProcessFilter) {
     }
 }
 
-/// The start of a page's statement over `table`: the revision joined to the page's rows, so
-/// one statement (one snapshot, one trip to SQLite's thread) reads both, and an empty page
-/// still has its revision. [`page`] closes it.
-fn page_query(table: &str) -> QueryBuilder<'static, Sqlite> {
+/// The start of a page's statement over `table` (whose rows' JSON is `row`): the revision
+/// and the page's rows as one JSON array, so one statement (one snapshot, one trip to SQLite's
+/// thread) reads both. [`page`] adds the filters' end, the order and the limit.
+fn page_query(table: &str, row: &str, key: &str) -> QueryBuilder<'static, Sqlite> {
     QueryBuilder::new(format!(
-        "select r.revision as read_revision, t.* from revision_counter r \
-         left join (select * from {table} where true"
+        "select r.revision, (select json_group_array({row} order by {key}) \
+         from (select * from {table} where true"
     ))
 }
 
@@ -118,30 +166,19 @@ async fn page<R, T>(
     limit: u32,
 ) -> Result<Page<T>, StoreError>
 where
-    R: for<'r> sqlx::FromRow<'r, SqliteRow> + Send + Unpin,
+    R: serde::de::DeserializeOwned,
     T: From<R>,
 {
     q.push(" order by ")
         .push(key)
         .push(" limit ")
         .push_bind(i64::from(limit) + 1)
-        .push(") t on true order by t.")
-        .push(key);
-    let rows: Vec<SqliteRow> = q.build().fetch_all(pool).await?;
-    let revision: i64 = match rows.first() {
-        Some(row) => row.try_get("read_revision")?,
-        None => return Err(sqlx::Error::RowNotFound.into()),
-    };
-    let mut items = Vec::with_capacity(rows.len().min(limit as usize));
-    for row in &rows {
-        // No matching row: the join's one row without a key.
-        if row.try_get::<Option<&str>, _>(key)?.is_none() {
-            continue;
-        }
-        items.push(T::from(R::from_row(row)?));
-    }
-    let more = items.len() > limit as usize;
-    items.truncate(limit as usize);
+        .push(")) from revision_counter r");
+    let (revision, rows): (i64, String) = q.build_query_as().fetch_one(pool).await?;
+    let rows: Vec<R> =
+        serde_json::from_str(&rows).map_err(|e| StoreError::Decode(e.to_string()))?;
+    let more = rows.len() > limit as usize;
+    let items = rows.into_iter().take(limit as usize).map(T::from).collect();
     Ok(Page {
         items,
         more,
@@ -151,10 +188,11 @@ where
 
 pub(super) async fn list_processes(
     pool: &SqlitePool,
+    json: &RowJson,
     f: &ProcessFilter,
     page_request: &PageRequest,
 ) -> Result<Page<Process>, StoreError> {
-    let mut q = page_query("processes");
+    let mut q = page_query("processes", &json.processes, "process_id");
     if let Some(after) = &page_request.after {
         q.push(" and process_id > ").push_bind(after.clone());
     }
@@ -164,10 +202,11 @@ pub(super) async fn list_processes(
 
 pub(super) async fn list_tasks(
     pool: &SqlitePool,
+    json: &RowJson,
     f: &TaskFilter,
     page_request: &PageRequest,
 ) -> Result<Page<Task>, StoreError> {
-    let mut q = page_query("tasks");
+    let mut q = page_query("tasks", &json.tasks, "approver_id");
     if let Some(after) = &page_request.after {
         q.push(" and approver_id > ").push_bind(after.clone());
     }
@@ -186,10 +225,30 @@ pub(super) async fn list_tasks(
 
 pub(super) async fn snapshot_page(
     pool: &SqlitePool,
+    json: &RowJson,
     filter: &ProcessFilter,
     page_request: &PageRequest,
 ) -> Result<Page<ProcessDetail>, StoreError> {
-    let mut q = QueryBuilder::<Sqlite>::new("select * from processes where true");
+    // One statement: each process of the page with its children, as a JSON array of
+    // `[process, nodes, tasks, cc_tasks]`; `json()` marks each part as JSON, so the children
+    // nest as arrays and never as strings holding them.
+    let mut q = QueryBuilder::<Sqlite>::new(format!(
+        "select r.revision, (select json_group_array(json_array(json({}), json({}), json({}), json({})) \
+         order by p.process_id) from (select * from processes where true",
+        json.processes,
+        format_args!(
+            "(select json_group_array({} order by process_node_id) from nodes where process_id = p.process_id)",
+            json.nodes
+        ),
+        format_args!(
+            "(select json_group_array({} order by approver_id) from tasks where process_id = p.process_id)",
+            json.tasks
+        ),
+        format_args!(
+            "(select json_group_array({} order by approver_id) from cc_tasks where process_id = p.process_id)",
+            json.cc_tasks
+        ),
+    ));
     if let Some(after) = &page_request.after {
         q.push(" and process_id > ").push_bind(after.clone());
     }
@@ -201,16 +260,21 @@ pub(super) async fn snapshot_page(
         },
     );
     q.push(" order by process_id limit ")
-        .push_bind(i64::from(page_request.limit) + 1);
-    let mut tx = pool.begin().await?;
-    let revision = revision(&mut tx).await?;
-    let rows: Vec<ProcessState> = q.build_query_as().fetch_all(&mut *tx).await?;
+        .push_bind(i64::from(page_request.limit) + 1)
+        .push(") p) from revision_counter r");
+    let (revision, rows): (i64, String) = q.build_query_as().fetch_one(pool).await?;
+    let rows: Vec<(
+        serde_json::Value,
+        serde_json::Value,
+        serde_json::Value,
+        serde_json::Value,
+    )> = serde_json::from_str(&rows).map_err(|e| StoreError::Decode(e.to_string()))?;
     let more = rows.len() > page_request.limit as usize;
-    let mut items = Vec::with_capacity(rows.len());
-    for process in rows.into_iter().take(page_request.limit as usize) {
-        items.push(detail(&mut tx, process).await?);
-    }
-    tx.commit().await?;
+    let items = rows
+        .into_iter()
+        .take(page_request.limit as usize)
+        .map(|(process, nodes, tasks, cc_tasks)| decode_detail(process, nodes, tasks, cc_tasks))
+        .collect::<Result<_, _>>()?;
     Ok(Page {
         items,
         more,
