@@ -6,6 +6,7 @@
 //! WAL logs whole pages, so rewriting a task's nine indexes for a status change would log nine
 //! pages where two do.
 
+use super::read::RowJson;
 use super::stored_time;
 use crate::domain::Event;
 use crate::store::StoreError;
@@ -17,7 +18,7 @@ use futures_util::TryStreamExt;
 use sqlx::pool::PoolConnection;
 use sqlx::query_builder::Separated;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Either, Executor, FromRow, QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{Either, Executor, QueryBuilder, Row, Sqlite, SqlitePool};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -31,6 +32,7 @@ pub(super) struct SqliteIngest {
     /// A transaction may be open on `conn`.
     open: bool,
     bell: Arc<watch::Sender<i64>>,
+    json: Arc<RowJson>,
     /// The stored rows as read, before the fold: what [`commit`](IngestTx::commit) diffs
     /// against.
     before: Current,
@@ -40,11 +42,13 @@ impl SqliteIngest {
     pub async fn begin(
         pool: &SqlitePool,
         bell: Arc<watch::Sender<i64>>,
+        json: Arc<RowJson>,
     ) -> Result<Self, StoreError> {
         Ok(Self {
             conn: Some(pool.acquire().await?),
             open: false,
             bell,
+            json,
             before: Current::default(),
         })
     }
@@ -125,9 +129,11 @@ impl IngestTx for SqliteIngest {
             ("tasks", "approver_id", &touched.tasks),
             ("cc_tasks", "approver_id", &touched.cc_tasks),
         ];
+        // Each table's rows as one JSON array in one row (see `RowJson`).
         for (table, key, ids) in tables {
             q.push(format!(
-                "select * from {table} where {key} in (select value from json_each("
+                "select json_group_array({}) from {table} where {key} in (select value from json_each(",
+                self.json.object(table)
             ));
             q.push_bind(serde_json::to_string(ids).expect("ids serialize"));
             q.push(")); ");
@@ -279,15 +285,15 @@ fn bind<'a>(b: &mut Separated<'_, 'a, Sqlite, &'static str>, value: Value<'a>) {
     };
 }
 
-/// A statement's rows decoded, by key.
+/// A statement's JSON array of rows decoded, by key.
 fn keyed<T>(rows: Vec<SqliteRow>, key: fn(&T) -> &String) -> Result<HashMap<String, T>, StoreError>
 where
-    T: for<'r> FromRow<'r, SqliteRow>,
+    T: serde::de::DeserializeOwned,
 {
-    rows.iter()
-        .map(|row| {
-            let r = T::from_row(row)?;
-            Ok((key(&r).clone(), r))
-        })
-        .collect()
+    let Some(row) = rows.first() else {
+        return Ok(HashMap::new());
+    };
+    let rows: Vec<T> = serde_json::from_str(row.try_get::<&str, _>(0)?)
+        .map_err(|e| StoreError::Decode(e.to_string()))?;
+    Ok(rows.into_iter().map(|r| (key(&r).clone(), r)).collect())
 }

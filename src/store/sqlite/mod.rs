@@ -49,7 +49,7 @@ pub struct SqliteStore {
     /// Rung with the new revision after each commit that made one.
     bell: Arc<watch::Sender<i64>>,
     /// The state tables' rows as JSON, read from the schema on first use (after migrations).
-    json: Arc<tokio::sync::OnceCell<read::RowJson>>,
+    json: Arc<tokio::sync::OnceCell<Arc<read::RowJson>>>,
     /// Held until the store is closed: this process serves the file.
     lock: Arc<std::sync::Mutex<Option<FileLock>>>,
     path: PathBuf,
@@ -109,9 +109,9 @@ impl SqliteStore {
         &self.reads
     }
 
-    async fn json(&self) -> Result<&read::RowJson, StoreError> {
+    async fn json(&self) -> Result<&Arc<read::RowJson>, StoreError> {
         self.json
-            .get_or_try_init(|| read::RowJson::read(&self.reads))
+            .get_or_try_init(|| async { Ok(Arc::new(read::RowJson::read(&self.reads).await?)) })
             .await
     }
 
@@ -142,7 +142,12 @@ impl Store for SqliteStore {
     }
 
     async fn ingest(&self, events: &[Event]) -> Result<Vec<Outcome>, StoreError> {
-        let tx = ingest::SqliteIngest::begin(&self.writer, self.bell.clone()).await?;
+        let tx = ingest::SqliteIngest::begin(
+            &self.writer,
+            self.bell.clone(),
+            self.json().await?.clone(),
+        )
+        .await?;
         crate::store::ingest::ingest(tx, events).await
     }
 
@@ -227,7 +232,12 @@ impl Store for SqliteStore {
         rows: crate::store::rebuild::Rows,
         previous: &std::collections::HashMap<String, Option<i32>>,
     ) -> Result<i64, StoreError> {
-        let tx = ingest::SqliteIngest::begin(&self.writer, self.bell.clone()).await?;
+        let tx = ingest::SqliteIngest::begin(
+            &self.writer,
+            self.bell.clone(),
+            self.json().await?.clone(),
+        )
+        .await?;
         crate::store::ingest::restate(tx, rows.0, previous).await
     }
 

@@ -61,6 +61,17 @@ impl RowJson {
         })
     }
 
+    /// `table`'s row as JSON (the four state tables).
+    pub(super) fn object(&self, table: &str) -> &str {
+        match table {
+            "processes" => &self.processes,
+            "nodes" => &self.nodes,
+            "tasks" => &self.tasks,
+            "cc_tasks" => &self.cc_tasks,
+            _ => unreachable!("not a state table: {table}"),
+        }
+    }
+
     /// Select-list of a process with its children: the process's JSON (null when there is no
     /// such process) and three arrays, for the process whose id is `process_id` (an SQL
     /// expression), ordered as on Postgres.
