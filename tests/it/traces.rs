@@ -1,8 +1,13 @@
 //! Traces: a webhook request's span is parented to the caller's `traceparent`, the ingest batch
 //! that stored its event is linked to it, and the batch's commit is its child; a gRPC call's
-//! span is parented the same way. Spans go over OTLP/gRPC to a small collector in this test.
+//! span is parented the same way. The real binary runs as an operator starts it (the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` turns traces on) and sends its spans over OTLP/gRPC to a small
+//! collector in this test, which reads them after the service stopped on SIGTERM (the exit
+//! flushes them). In its own process the service has its own global subscriber, as in
+//! production; a scoped one in this test binary shares span handles with threads it does not
+//! cover (sqlx's SQLite workers), which tracing does not support.
 
-use crate::common::{TestApp, TestDb, config, header_refs, signed_vector};
+use crate::common::{ENCRYPT_KEY, VERIFICATION_TOKEN, signed_vector};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -10,11 +15,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::trace::v1::Span;
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::process::Command;
 use tonic::{Request, Response, Status};
-use tracing_subscriber::Layer;
-use tracing_subscriber::layer::SubscriberExt;
+
+const BIN: &str = env!("CARGO_BIN_EXE_process-state");
 
 /// An OTLP trace collector that keeps every span it is sent.
 #[derive(Clone, Default)]
@@ -38,6 +45,14 @@ impl TraceService for Collector {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
 
@@ -45,32 +60,62 @@ const PARENT_ID: &str = "00f067aa0ba902b7";
 async fn a_webhook_request_is_parented_to_its_traceparent_and_linked_to_its_batch() {
     let collector = Collector::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let collector_addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(collector.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let provider = process_state::traces::provider(Some(&format!("http://{addr}"))).unwrap();
-    process_state::traces::propagate_w3c();
-    // This thread's subscriber; the whole service runs on this thread (no separate intake).
-    let subscriber = tracing_subscriber::registry().with(
-        process_state::traces::layer(&provider)
-            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
-    );
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = crate::security::temp_dir();
+    let (http, grpc) = (free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .env_remove("DATABASE_URL")
+        .env("PROCESS_STATE_DATA_DIR", &dir)
+        .env("PROCESS_STATE_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("PROCESS_STATE_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("FEISHU_ENCRYPT_KEY", ENCRYPT_KEY)
+        .env("FEISHU_VERIFICATION_TOKEN", VERIFICATION_TOKEN)
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://{collector_addr}"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    while !client
+        .get(format!("http://127.0.0.1:{http}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the service never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
-    let db = TestDb::on(crate::common::Backend::Sqlite).await;
-    let mut cfg = config(&db);
-    cfg.separate_intake = false;
-    let app = TestApp::spawn(cfg).await;
-    let (body, mut headers) = signed_vector();
-    headers.push((
-        "traceparent".into(),
-        format!("00-{TRACE_ID}-{PARENT_ID}-01"),
-    ));
-    assert_eq!(app.post(body, &header_refs(&headers)).await.0, 200);
+    let (body, headers) = signed_vector();
+    let mut request = client
+        .post(format!("http://127.0.0.1:{http}/webhook/event"))
+        .header("content-type", "application/json; charset=utf-8")
+        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_ID}-01"))
+        .body(body);
+    for (name, value) in &headers {
+        request = request.header(name, value);
+    }
+    assert_eq!(request.send().await.unwrap().status(), 200);
     // A gRPC call with a traceparent of its own.
+    let mut api = process_state::api::pb::process_service_client::ProcessServiceClient::connect(
+        format!("http://127.0.0.1:{grpc}"),
+    )
+    .await
+    .unwrap();
     let mut request = tonic::Request::new(process_state::api::pb::GetProcessRequest {
         process_id: "1".into(),
         ..Default::default()
@@ -81,14 +126,21 @@ async fn a_webhook_request_is_parented_to_its_traceparent_and_linked_to_its_batc
             .parse()
             .unwrap(),
     );
-    let _ = app.api().await.get_process(request).await;
+    let _ = api.get_process(request).await;
 
-    let flushed = provider.clone();
-    tokio::task::spawn_blocking(move || flushed.force_flush())
-        .await
-        .unwrap()
+    // The exit flushes the spans.
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(killed.success());
+    let output = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the service stops on SIGTERM")
+        .unwrap();
+    assert!(output.success(), "exit status after SIGTERM: {output}");
+    let _ = std::fs::remove_dir_all(&dir);
+
     let spans = collector.0.lock().unwrap().clone();
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let named = |name: &'static str| spans.iter().filter(move |s| s.name == name);
@@ -118,8 +170,6 @@ async fn a_webhook_request_is_parented_to_its_traceparent_and_linked_to_its_batc
         .find(|s| hex(&s.trace_id) == TRACE_ID)
         .unwrap_or_else(|| panic!("no rpc span in the caller's trace: {:?}", names(&spans)));
     assert_eq!(hex(&rpc.parent_span_id), "00f067aa0ba902b8");
-    app.stop().await;
-    let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
 }
 
 fn names(spans: &[Span]) -> Vec<&str> {
