@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 const SECRET: &str = "backfill-app-secret-9f2";
-const BIN: &str = env!("CARGO_BIN_EXE_process-state");
+use crate::common::BIN;
 const DAY: i64 = 24 * 3600 * 1000;
 
 /// Feishu's truth: process i is in progress with one open task when i is even, else completed

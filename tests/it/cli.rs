@@ -5,15 +5,7 @@ use crate::common::TestDb;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_process-state");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::common::{BIN, free_port};
 
 #[test]
 fn a_bad_setting_is_one_line_naming_it() {
@@ -157,23 +149,7 @@ async fn migrate_then_serve_then_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{http}/readyz"))
-            .send()
-            .await
-            && r.status().is_success()
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "service never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::common::wait_ready(http).await;
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

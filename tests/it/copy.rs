@@ -9,7 +9,7 @@ use rand::{SeedableRng, rngs::StdRng};
 use std::process::Command;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_process-state");
+use crate::common::BIN;
 
 /// Every inbox row and every change-log row, as text, in key order.
 async fn rows(db: &TestDb) -> Vec<String> {

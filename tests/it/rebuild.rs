@@ -7,7 +7,7 @@ use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use sqlx::Connection;
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_process-state");
+use crate::common::BIN;
 
 fn rebuild(db: &TestDb, mode: &str) -> (bool, String) {
     let output = Command::new(BIN)

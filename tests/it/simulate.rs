@@ -11,15 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_process-state");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::common::{BIN, free_port};
 
 fn simulate(http_port: u16, grpc_port: u16, key: &str) -> Command {
     let mut command = Command::new(BIN);

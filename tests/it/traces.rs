@@ -17,11 +17,11 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::trace::v1::Span;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::process::Command;
 use tonic::{Request, Response, Status};
 
-const BIN: &str = env!("CARGO_BIN_EXE_process-state");
+use crate::common::{BIN, free_port};
 
 /// An OTLP trace collector that keeps every span it is sent.
 #[derive(Clone, Default)]
@@ -43,14 +43,6 @@ impl TraceService for Collector {
             partial_success: None,
         }))
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -85,21 +77,9 @@ async fn a_webhook_request_is_parented_to_its_traceparent_and_linked_to_its_batc
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    while !client
-        .get(format!("http://127.0.0.1:{http}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the service never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::common::wait_ready(http).await;
 
+    let client = reqwest::Client::new();
     let (body, headers) = signed_vector();
     let mut request = client
         .post(format!("http://127.0.0.1:{http}/webhook/event"))

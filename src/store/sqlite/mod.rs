@@ -61,7 +61,7 @@ pub struct SqliteStore {
     reads: SqlitePool,
     /// Rung with the new revision after each commit that made one.
     bell: Arc<watch::Sender<i64>>,
-    /// The state tables' rows as JSON, read from the schema on first use (after migrations).
+    /// The state tables' rows as JSON, read from the schema at migrate (or on first use).
     json: Arc<tokio::sync::OnceCell<Arc<read::RowJson>>>,
     /// Held until the store is closed: this process serves the file.
     lock: Arc<std::sync::Mutex<Option<FileLock>>>,

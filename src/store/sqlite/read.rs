@@ -72,22 +72,23 @@ impl RowJson {
         }
     }
 
-    /// Select-list of a process with its children: the process's JSON (null when there is no
-    /// such process) and three arrays, for the process whose id is `process_id` (an SQL
-    /// expression), ordered as on Postgres.
-    fn detail(&self, process_id: &str) -> String {
-        let Self {
-            processes,
-            nodes,
-            tasks,
-            cc_tasks,
-        } = self;
-        format!(
-            "(select {processes} from processes where process_id = {process_id}),
-             (select json_group_array({nodes} order by process_node_id) from nodes where process_id = {process_id}),
-             (select json_group_array({tasks} order by approver_id) from tasks where process_id = {process_id}),
-             (select json_group_array({cc_tasks} order by approver_id) from cc_tasks where process_id = {process_id})"
-        )
+    /// A process's children as three JSON arrays (nodes, tasks, cc tasks), ordered as on
+    /// Postgres, for the process whose id is `process_id` (an SQL expression).
+    fn children(&self, process_id: &str) -> [String; 3] {
+        [
+            format!(
+                "(select json_group_array({} order by process_node_id) from nodes where process_id = {process_id})",
+                self.nodes
+            ),
+            format!(
+                "(select json_group_array({} order by approver_id) from tasks where process_id = {process_id})",
+                self.tasks
+            ),
+            format!(
+                "(select json_group_array({} order by approver_id) from cc_tasks where process_id = {process_id})",
+                self.cc_tasks
+            ),
+        ]
     }
 }
 
@@ -106,8 +107,9 @@ pub(super) async fn get_process(
 ) -> Result<(Option<ProcessDetail>, i64), StoreError> {
     // One statement: one snapshot, one trip to SQLite's thread.
     let sql = format!(
-        "select r.revision, {} from revision_counter r",
-        json.detail("?1")
+        "select r.revision, (select {} from processes where process_id = ?1), {} from revision_counter r",
+        json.processes,
+        json.children("?1").join(", ")
     );
     let (revision, process, nodes, tasks, cc_tasks): (i64, Option<String>, String, String, String) =
         sqlx::query_as(&sql)
@@ -243,22 +245,11 @@ pub(super) async fn snapshot_page(
     // One statement: each process of the page with its children, as a JSON array of
     // `[process, nodes, tasks, cc_tasks]`; `json()` marks each part as JSON, so the children
     // nest as arrays and never as strings holding them.
+    let [nodes, tasks, cc_tasks] = json.children("p.process_id");
     let mut q = QueryBuilder::<Sqlite>::new(format!(
-        "select r.revision, (select json_group_array(json_array(json({}), json({}), json({}), json({})) \
+        "select r.revision, (select json_group_array(json_array(json({}), json({nodes}), json({tasks}), json({cc_tasks})) \
          order by p.process_id) from (select * from processes where true",
         json.processes,
-        format_args!(
-            "(select json_group_array({} order by process_node_id) from nodes where process_id = p.process_id)",
-            json.nodes
-        ),
-        format_args!(
-            "(select json_group_array({} order by approver_id) from tasks where process_id = p.process_id)",
-            json.tasks
-        ),
-        format_args!(
-            "(select json_group_array({} order by approver_id) from cc_tasks where process_id = p.process_id)",
-            json.cc_tasks
-        ),
     ));
     if let Some(after) = &page_request.after {
         q.push(" and process_id > ").push_bind(after.clone());

@@ -45,6 +45,37 @@ pub fn header_refs(headers: &[(String, String)]) -> Vec<(&str, &str)> {
         .collect()
 }
 
+/// The service binary, for tests that run it as an operator would.
+pub const BIN: &str = env!("CARGO_BIN_EXE_process-state");
+
+/// A loopback port free at the time of asking, for a service started in another process.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until the service in another process answers `/readyz` on `http` with a success,
+/// failing the test after 30 s.
+pub async fn wait_ready(http: u16) {
+    let client = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    while !client
+        .get(format!("http://127.0.0.1:{http}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the service on port {http} never became ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 pub fn admin_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
