@@ -5,6 +5,7 @@
 use super::fold::ChangeRow;
 use super::rows::{CcState, NodeState, ProcessState, TaskState, Versions};
 use chrono::{DateTime, Utc};
+use std::borrow::Cow;
 
 /// One column's value.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,7 +14,8 @@ pub(super) enum Value<'a> {
     Int(Option<i32>),
     BigInt(Option<i64>),
     Time(DateTime<Utc>),
-    Json(serde_json::Value),
+    /// JSON text, serialized once from the typed value.
+    Json(Cow<'a, str>),
 }
 
 /// A row that ingest writes: its table, key and columns in order.
@@ -33,7 +35,9 @@ fn opt(s: &Option<String>) -> Value<'_> {
 }
 
 fn versions(v: &Versions) -> Value<'static> {
-    Value::Json(serde_json::to_value(v).expect("versions serialize"))
+    Value::Json(Cow::Owned(
+        serde_json::to_string(v).expect("versions serialize"),
+    ))
 }
 
 impl Columns for ProcessState {
@@ -168,7 +172,7 @@ impl Columns for ChangeRow {
             ("entity_id", text(&self.entity_id)),
             ("process_id", text(&self.process_id)),
             ("event_id", text(&self.event_id)),
-            ("state", Value::Json(self.state.clone())),
+            ("state", Value::Json(Cow::Borrowed(&self.state))),
             ("change_time", Value::Time(self.change_time)),
             ("process_status", Value::Int(self.process_status)),
             (

@@ -242,7 +242,7 @@ impl LoggedChange {
             entity_id: self.entity_id,
             process_id: self.process_id,
             event_id: self.event_id,
-            state: self.state,
+            state: self.state.to_string(),
             change_time: self.change_time,
             process_status: self.process_status,
             previous_process_status: self.previous_process_status,

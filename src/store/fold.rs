@@ -39,7 +39,8 @@ pub(super) struct ChangeRow {
     pub entity_id: String,
     pub process_id: String,
     pub event_id: String,
-    pub state: serde_json::Value,
+    /// The row as JSON text.
+    pub state: String,
     pub change_time: DateTime<Utc>,
     pub process_status: Option<i32>,
     pub previous_process_status: Option<i32>,
@@ -218,8 +219,8 @@ type RowMaps<T> = for<'a> fn(
     &'a mut Current,
 ) -> (&'a mut HashMap<String, T>, &'a mut HashMap<String, T>);
 
-fn json<T: Serialize>(row: &T) -> serde_json::Value {
-    serde_json::to_value(row).expect("rows serialize")
+fn json<T: Serialize>(row: &T) -> String {
+    serde_json::to_string(row).expect("rows serialize")
 }
 
 /// The fold's working state.

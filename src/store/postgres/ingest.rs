@@ -175,7 +175,8 @@ enum ColumnArray<'a> {
     Int(Vec<Option<i32>>),
     BigInt(Vec<Option<i64>>),
     Time(Vec<DateTime<Utc>>),
-    Json(Vec<serde_json::Value>),
+    /// JSON text, cast to `jsonb` by the statement.
+    Json(Vec<String>),
 }
 
 impl<'a> ColumnArray<'a> {
@@ -195,7 +196,7 @@ impl<'a> ColumnArray<'a> {
             (Self::Int(a), Value::Int(v)) => a.push(v),
             (Self::BigInt(a), Value::BigInt(v)) => a.push(v),
             (Self::Time(a), Value::Time(v)) => a.push(v),
-            (Self::Json(a), Value::Json(v)) => a.push(v),
+            (Self::Json(a), Value::Json(v)) => a.push(v.into_owned()),
             _ => unreachable!("a column holds one type"),
         }
     }
@@ -206,7 +207,7 @@ impl<'a> ColumnArray<'a> {
             Self::Int(_) => "int4[]",
             Self::BigInt(_) => "int8[]",
             Self::Time(_) => "timestamptz[]",
-            Self::Json(_) => "jsonb[]",
+            Self::Json(_) => "text[]::jsonb[]",
         }
     }
 

@@ -281,7 +281,7 @@ fn bind<'a>(b: &mut Separated<'_, 'a, Sqlite, &'static str>, value: Value<'a>) {
         Value::Int(v) => b.push_bind(v),
         Value::BigInt(v) => b.push_bind(v),
         Value::Time(t) => b.push_bind(stored_time(t)),
-        Value::Json(j) => b.push_bind(j.to_string()),
+        Value::Json(j) => b.push_bind(j),
     };
 }
 
