@@ -1,7 +1,9 @@
 //! SQLite's ingest transaction ([`IngestTx`]), in two round trips to SQLite's worker thread
 //! whatever the batch's size: `BEGIN IMMEDIATE` (the database's write lock first: commit order
-//! = revision order), the inbox insert and the reads of the counter and the touched rows, as one
-//! multi-statement query; then the writes, the counter and `COMMIT` as another. The bell rings
+//! = revision order), one row holding the counter, the event ids the inbox has already and the
+//! touched rows, and the inbox insert, as one multi-statement query; then the writes, the
+//! counter and `COMMIT` as another. Each crosses sqlx's channel as a handful of messages, not a
+//! message per row. The bell rings
 //! once the commit returned. A stored row is updated in the columns that changed only: SQLite's
 //! WAL logs whole pages, so rewriting a task's nine indexes for a status change would log nine
 //! pages where two do.
@@ -104,8 +106,36 @@ impl IngestTx for SqliteIngest {
         firsts: &[usize],
         touched: &Touched,
     ) -> Result<Read, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new("begin immediate; ");
-        let inserts = firsts.chunks(ROWS_PER_STATEMENT).len();
+        let ids: Vec<&str> = firsts
+            .iter()
+            .map(|&i| events[i].event_id.as_str())
+            .collect();
+        // What the batch starts from, as one row: the counter, the ids the inbox holds
+        // already (a duplicate stops there), and each table's touched rows as one JSON array
+        // (`RowJson`). One row, not a row per id, crosses sqlx's channel.
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "begin immediate; select (select revision from revision_counter), \
+             (select json_group_array(event_id) from inbox where event_id in (select value from json_each(",
+        );
+        q.push_bind(serde_json::to_string(&ids).expect("ids serialize"));
+        q.push(")))");
+        let tables = [
+            ("processes", "process_id", &touched.processes),
+            ("nodes", "process_node_id", &touched.nodes),
+            ("tasks", "approver_id", &touched.tasks),
+            ("cc_tasks", "approver_id", &touched.cc_tasks),
+        ];
+        for (table, key, ids) in tables {
+            q.push(format!(
+                ", (select json_group_array({}) from {table} where {key} in (select value from json_each(",
+                self.json.object(table)
+            ));
+            q.push_bind(serde_json::to_string(ids).expect("ids serialize"));
+            q.push(")))");
+        }
+        q.push("; ");
+        // Then the inbox insert; the write lock taken by `begin immediate` means no other
+        // transaction stores an id between the select and the insert.
         for chunk in firsts.chunks(ROWS_PER_STATEMENT) {
             q.push(
                 "insert into inbox (event_id, event_type, source, create_time, tenant_key, app_id, payload) ",
@@ -120,47 +150,30 @@ impl IngestTx for SqliteIngest {
                     .push_bind(&e.app_id)
                     .push_bind(e.payload.to_string());
             });
-            q.push(" on conflict (event_id) do nothing returning event_id; ");
+            q.push(" on conflict (event_id) do nothing; ");
         }
-        q.push("select revision from revision_counter; ");
-        let tables = [
-            ("processes", "process_id", &touched.processes),
-            ("nodes", "process_node_id", &touched.nodes),
-            ("tasks", "approver_id", &touched.tasks),
-            ("cc_tasks", "approver_id", &touched.cc_tasks),
-        ];
-        // Each table's rows as one JSON array in one row (see `RowJson`).
-        for (table, key, ids) in tables {
-            q.push(format!(
-                "select json_group_array({}) from {table} where {key} in (select value from json_each(",
-                self.json.object(table)
+        let statements = self.run(q).await?;
+        // `begin immediate`, then the select's one row.
+        let Some([row]) = statements.get(1).map(Vec::as_slice) else {
+            return Err(StoreError::Setup(
+                "the revision counter row is missing".into(),
             ));
-            q.push_bind(serde_json::to_string(ids).expect("ids serialize"));
-            q.push(")); ");
-        }
-        let mut statements = self.run(q).await?.into_iter();
-        // `begin immediate`
-        statements.next();
-        let mut stored = Vec::with_capacity(firsts.len());
-        for rows in statements.by_ref().take(inserts) {
-            for row in rows {
-                stored.push(row.try_get(0)?);
-            }
-        }
-        let revision: i64 = match statements.next().as_deref() {
-            Some([row]) => row.try_get(0)?,
-            _ => {
-                return Err(StoreError::Setup(
-                    "the revision counter row is missing".into(),
-                ));
-            }
         };
-        let mut next = || statements.next().unwrap_or_default();
+        let revision: Option<i64> = row.try_get(0)?;
+        let revision = revision
+            .ok_or_else(|| StoreError::Setup("the revision counter row is missing".into()))?;
+        let held: Vec<String> = json_column(row, 1)?;
+        let held: std::collections::HashSet<&str> = held.iter().map(String::as_str).collect();
+        let stored = ids
+            .into_iter()
+            .filter(|id| !held.contains(id))
+            .map(str::to_owned)
+            .collect();
         let current = Current {
-            processes: keyed(next(), |r: &ProcessState| &r.process_id)?,
-            nodes: keyed(next(), |r: &NodeState| &r.process_node_id)?,
-            tasks: keyed(next(), |r: &TaskState| &r.approver_id)?,
-            cc_tasks: keyed(next(), |r: &CcState| &r.approver_id)?,
+            processes: keyed(json_column(row, 2)?, |r: &ProcessState| &r.process_id),
+            nodes: keyed(json_column(row, 3)?, |r: &NodeState| &r.process_node_id),
+            tasks: keyed(json_column(row, 4)?, |r: &TaskState| &r.approver_id),
+            cc_tasks: keyed(json_column(row, 5)?, |r: &CcState| &r.approver_id),
         };
         self.before = current.clone();
         Ok(Read {
@@ -285,15 +298,15 @@ fn bind<'a>(b: &mut Separated<'_, 'a, Sqlite, &'static str>, value: Value<'a>) {
     };
 }
 
-/// A statement's JSON array of rows decoded, by key.
-fn keyed<T>(rows: Vec<SqliteRow>, key: fn(&T) -> &String) -> Result<HashMap<String, T>, StoreError>
-where
-    T: serde::de::DeserializeOwned,
-{
-    let Some(row) = rows.first() else {
-        return Ok(HashMap::new());
-    };
-    let rows: Vec<T> = serde_json::from_str(row.try_get::<&str, _>(0)?)
-        .map_err(|e| StoreError::Decode(e.to_string()))?;
-    Ok(rows.into_iter().map(|r| (key(&r).clone(), r)).collect())
+/// Column `i` of `row`, a JSON array, decoded.
+fn json_column<T: serde::de::DeserializeOwned>(
+    row: &SqliteRow,
+    i: usize,
+) -> Result<Vec<T>, StoreError> {
+    serde_json::from_str(row.try_get::<&str, _>(i)?).map_err(|e| StoreError::Decode(e.to_string()))
+}
+
+/// Rows by their key.
+fn keyed<T>(rows: Vec<T>, key: fn(&T) -> &String) -> HashMap<String, T> {
+    rows.into_iter().map(|r| (key(&r).clone(), r)).collect()
 }
