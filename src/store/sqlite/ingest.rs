@@ -8,6 +8,7 @@
 //! WAL logs whole pages, so rewriting a task's nine indexes for a status change would log nine
 //! pages where two do.
 
+use super::checkpoint::Checkpoints;
 use super::read::RowJson;
 use super::stored_time;
 use crate::domain::Event;
@@ -43,11 +44,14 @@ pub(super) struct SqliteIngest {
 impl SqliteIngest {
     pub async fn begin(
         pool: &SqlitePool,
+        checkpoints: &Checkpoints,
         bell: Arc<watch::Sender<i64>>,
         json: Arc<RowJson>,
     ) -> Result<Self, StoreError> {
+        let mut conn = pool.acquire().await?;
+        checkpoints.before_transaction(&mut conn).await;
         Ok(Self {
-            conn: Some(pool.acquire().await?),
+            conn: Some(conn),
             open: false,
             bell,
             json,
