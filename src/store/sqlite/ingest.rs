@@ -59,17 +59,18 @@ impl SqliteIngest {
         })
     }
 
-    /// Runs `q`'s statements; the rows of each statement, in order.
+    /// Runs `q`'s statements; the rows of each statement, in order. A `persistent` text stays
+    /// prepared on the connection (sqlx's statement cache, 100 texts, least recently used out).
     async fn run(
         &mut self,
         mut q: QueryBuilder<'_, Sqlite>,
+        persistent: bool,
     ) -> Result<Vec<Vec<SqliteRow>>, StoreError> {
         let conn = self.conn.as_deref_mut().expect("connection until dropped");
         self.open = true;
         let mut statements = vec![Vec::new()];
         let result: Result<(), sqlx::Error> = async {
-            // Not cached: the statement text changes with the batch's size.
-            let mut rows = conn.fetch_many(q.build().persistent(false));
+            let mut rows = conn.fetch_many(q.build().persistent(persistent));
             while let Some(item) = rows.try_next().await? {
                 match item {
                     Either::Left(_) => statements.push(Vec::new()),
@@ -156,7 +157,10 @@ impl IngestTx for SqliteIngest {
             });
             q.push(" on conflict (event_id) do nothing; ");
         }
-        let statements = self.run(q).await?;
+        // Its text changes only with the number of new events, so it is kept prepared: parsing
+        // was ~18 % of the writer thread (store-level batch time −2–6 % cached). The writes'
+        // text changes with which columns changed, so it is parsed each time.
+        let statements = self.run(q, true).await?;
         // `begin immediate`, then the select's one row.
         let Some([row]) = statements.get(1).map(Vec::as_slice) else {
             return Err(StoreError::Setup(
@@ -204,7 +208,7 @@ impl IngestTx for SqliteIngest {
             q.push("; ");
         }
         q.push("commit");
-        self.run(q).await?;
+        self.run(q, false).await?;
         self.open = false;
         if let Some(plan) = plan {
             self.bell.send_replace(plan.revision);
