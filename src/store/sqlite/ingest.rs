@@ -3,10 +3,9 @@
 //! = revision order), one row holding the counter, the event ids the inbox has already and the
 //! touched rows, and the inbox insert, as one multi-statement query; then the writes, the
 //! counter and `COMMIT` as another. Each crosses sqlx's channel as a handful of messages, not a
-//! message per row. The bell rings
-//! once the commit returned. A stored row is updated in the columns that changed only: SQLite's
-//! WAL logs whole pages, so rewriting a task's nine indexes for a status change would log nine
-//! pages where two do.
+//! message per row. The bell rings once the commit returned. A stored row is updated in the
+//! columns that changed only: SQLite's WAL logs whole pages, so rewriting a task's nine indexes
+//! for a status change would log nine pages where two do.
 
 use super::checkpoint::Checkpoints;
 use super::read::RowJson;
@@ -162,14 +161,11 @@ impl IngestTx for SqliteIngest {
         // text changes with which columns changed, so it is parsed each time.
         let statements = self.run(q, true).await?;
         // `begin immediate`, then the select's one row.
+        let missing = || StoreError::Setup("the revision counter row is missing".into());
         let Some([row]) = statements.get(1).map(Vec::as_slice) else {
-            return Err(StoreError::Setup(
-                "the revision counter row is missing".into(),
-            ));
+            return Err(missing());
         };
-        let revision: Option<i64> = row.try_get(0)?;
-        let revision = revision
-            .ok_or_else(|| StoreError::Setup("the revision counter row is missing".into()))?;
+        let revision = row.try_get::<Option<i64>, _>(0)?.ok_or_else(missing)?;
         let held: Vec<String> = json_column(row, 1)?;
         let held: std::collections::HashSet<&str> = held.iter().map(String::as_str).collect();
         let stored = ids
