@@ -13,6 +13,7 @@ mod cache;
 mod cli;
 mod copy;
 mod deadlines;
+mod durability;
 mod grpc;
 mod grpc_web;
 mod grpcurl;
