@@ -18,8 +18,8 @@
 //! WAL grow anyway (a failing pass, a read holding old pages for long).
 
 use sqlx::{SqliteConnection, SqlitePool};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -33,43 +33,40 @@ const PASS_INTERVAL: Duration = Duration::from_millis(100);
 /// [`PASS_INTERVAL`] late, so under full load the file peaks near 50 MiB).
 const RESTART_FRAMES: i64 = 8000;
 
-/// The checkpoint task and what it tells the writer.
+/// The pass task, its connection, and what it tells the writer.
 #[derive(Debug, Clone)]
 pub(super) struct Checkpoints {
-    /// The WAL reached `restart_frames` and the last pass copied it: the writer finishes.
+    /// The WAL reached the restart mark and the last pass copied it: the writer finishes.
     restart_due: Arc<AtomicBool>,
-    pass_interval: Duration,
-    restart_frames: i64,
-}
-
-impl Default for Checkpoints {
-    fn default() -> Self {
-        Self {
-            restart_due: Arc::default(),
-            pass_interval: PASS_INTERVAL,
-            restart_frames: RESTART_FRAMES,
-        }
-    }
+    /// The pass task, until closed.
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// The passes' one read-write connection.
+    pool: SqlitePool,
 }
 
 impl Checkpoints {
-    /// Starts the pass task on `pool` (one read-write connection); it ends when the bell's
-    /// sender is dropped or the pool is closed.
-    pub fn start(&self, pool: SqlitePool, mut bell: watch::Receiver<i64>) -> JoinHandle<()> {
-        let Self {
-            restart_due,
-            pass_interval,
-            restart_frames,
-        } = self.clone();
-        tokio::spawn(async move {
+    /// Starts the pass task on `pool`, woken by `bell`; it runs until [`close`](Self::close).
+    pub fn start(pool: SqlitePool, bell: watch::Receiver<i64>) -> Self {
+        Self::with(pool, bell, PASS_INTERVAL, RESTART_FRAMES)
+    }
+
+    fn with(
+        pool: SqlitePool,
+        mut bell: watch::Receiver<i64>,
+        pass_interval: Duration,
+        restart_frames: i64,
+    ) -> Self {
+        let restart_due = Arc::new(AtomicBool::new(false));
+        let (due, passes) = (restart_due.clone(), pool.clone());
+        let task = tokio::spawn(async move {
             let mut failing = false;
             while bell.changed().await.is_ok() {
-                match checkpoint(&pool).await {
+                match checkpoint(&passes).await {
                     Ok((wal, copied)) => {
                         failing = false;
                         tracing::trace!(wal, copied, "checkpoint pass");
                         if wal >= restart_frames {
-                            restart_due.store(true, Ordering::Release);
+                            due.store(true, Ordering::Release);
                         }
                     }
                     Err(sqlx::Error::PoolClosed) => return,
@@ -82,7 +79,20 @@ impl Checkpoints {
                 }
                 tokio::time::sleep(pass_interval).await;
             }
-        })
+        });
+        Self {
+            restart_due,
+            task: Arc::new(Mutex::new(Some(task))),
+            pool,
+        }
+    }
+
+    /// Stops the passes and closes their connection.
+    pub async fn close(&self) {
+        if let Some(task) = self.task.lock().expect("task slot").take() {
+            task.abort();
+        }
+        self.pool.close().await;
     }
 
     /// On the writer's connection, before its transaction begins: completes the checkpoint
@@ -134,13 +144,8 @@ mod tests {
             .execute(&writer)
             .await
             .unwrap();
-        let checkpoints = Checkpoints {
-            restart_due: Arc::default(),
-            pass_interval: Duration::from_millis(5),
-            restart_frames: 20,
-        };
         let bell = watch::channel(0).0;
-        let task = checkpoints.start(passes.clone(), bell.subscribe());
+        let checkpoints = Checkpoints::with(passes, bell.subscribe(), Duration::from_millis(5), 20);
         // Each commit writes a few pages: 1,000 commits make several thousand frames.
         for revision in 1..=1000 {
             let mut conn = writer.acquire().await.unwrap();
@@ -152,9 +157,8 @@ mod tests {
                 .unwrap();
             bell.send_replace(revision);
         }
-        task.abort();
+        checkpoints.close().await;
         let frames = std::fs::metadata(dir.join("wal.db-wal")).unwrap().len() / 4120;
-        passes.close().await;
         writer.close().await;
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(

@@ -63,9 +63,6 @@ pub struct SqliteStore {
     json: Arc<tokio::sync::OnceCell<Arc<read::RowJson>>>,
     /// Copies the WAL into the database file off the commit path (`checkpoint.rs`).
     checkpoints: checkpoint::Checkpoints,
-    /// The checkpoint pass task and its connection, until the store is closed.
-    checkpointer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
-    checkpoint_pool: SqlitePool,
     /// Held until the store is closed: this process serves the file.
     lock: Arc<std::sync::Mutex<Option<FileLock>>>,
     path: PathBuf,
@@ -98,23 +95,22 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await?;
-        let checkpoint_pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_lazy_with(options.clone());
+        let bell = Arc::new(watch::channel(0).0);
+        let checkpoints = checkpoint::Checkpoints::start(
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with(options.clone()),
+            bell.subscribe(),
+        );
         let reads = SqlitePoolOptions::new()
             .max_connections(read_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
             .connect_lazy_with(options.read_only(true));
-        let bell = Arc::new(watch::channel(0).0);
-        let checkpoints = checkpoint::Checkpoints::default();
-        let checkpointer = checkpoints.start(checkpoint_pool.clone(), bell.subscribe());
         Ok(Self {
             writer,
             reads,
             bell,
             checkpoints,
-            checkpointer: Arc::new(std::sync::Mutex::new(Some(checkpointer))),
-            checkpoint_pool,
             json: Arc::default(),
             lock: Arc::new(std::sync::Mutex::new(Some(lock))),
             path: path.to_owned(),
@@ -145,6 +141,17 @@ impl SqliteStore {
             .await
     }
 
+    /// An ingest transaction on the writer connection.
+    async fn begin(&self) -> Result<ingest::SqliteIngest, StoreError> {
+        ingest::SqliteIngest::begin(
+            &self.writer,
+            &self.checkpoints,
+            self.bell.clone(),
+            self.json().await?.clone(),
+        )
+        .await
+    }
+
     /// Connections the read pool may hand out.
     pub fn read_connections(&self) -> u32 {
         self.reads.options().get_max_connections()
@@ -158,11 +165,8 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        if let Some(task) = self.checkpointer.lock().expect("task slot").take() {
-            task.abort();
-        }
         tokio::join!(
-            self.checkpoint_pool.close(),
+            self.checkpoints.close(),
             self.reads.close(),
             self.writer.close()
         );
@@ -179,14 +183,7 @@ impl Store for SqliteStore {
     }
 
     async fn ingest(&self, events: &[Event]) -> Result<Vec<Outcome>, StoreError> {
-        let tx = ingest::SqliteIngest::begin(
-            &self.writer,
-            &self.checkpoints,
-            self.bell.clone(),
-            self.json().await?.clone(),
-        )
-        .await?;
-        crate::store::ingest::ingest(tx, events).await
+        crate::store::ingest::ingest(self.begin().await?, events).await
     }
 
     async fn get_process(
@@ -270,14 +267,7 @@ impl Store for SqliteStore {
         rows: crate::store::rebuild::Rows,
         previous: &std::collections::HashMap<String, Option<i32>>,
     ) -> Result<i64, StoreError> {
-        let tx = ingest::SqliteIngest::begin(
-            &self.writer,
-            &self.checkpoints,
-            self.bell.clone(),
-            self.json().await?.clone(),
-        )
-        .await?;
-        crate::store::ingest::restate(tx, rows.0, previous).await
+        crate::store::ingest::restate(self.begin().await?, rows.0, previous).await
     }
 
     async fn inbox_page(
