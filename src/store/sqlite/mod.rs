@@ -369,3 +369,25 @@ impl FileLock {
         Ok(Self(file))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::Connection;
+
+    /// `.cargo/config.toml` builds the bundled SQLite without memory statistics (a global mutex
+    /// per allocation); a build that lost the setting fails here.
+    #[tokio::test]
+    async fn the_bundled_sqlite_counts_no_memory() {
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        let options: Vec<String> = sqlx::query_scalar("select * from pragma_compile_options")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "compiled with {options:?}"
+        );
+    }
+}
