@@ -89,6 +89,23 @@ pub(super) struct Touched {
     pub cc_tasks: Vec<String>,
 }
 
+impl Touched {
+    /// The ids of the rows `rows` holds.
+    pub fn of(rows: &Current) -> Self {
+        fn sorted<T>(rows: &HashMap<String, T>) -> Vec<String> {
+            let mut ids: Vec<String> = rows.keys().cloned().collect();
+            ids.sort_unstable();
+            ids
+        }
+        Self {
+            processes: sorted(&rows.processes),
+            nodes: sorted(&rows.nodes),
+            tasks: sorted(&rows.tasks),
+            cc_tasks: sorted(&rows.cc_tasks),
+        }
+    }
+}
+
 /// Ids of the rows the events at `indexes` may touch.
 pub(super) fn touched(events: &[Event], indexes: &[usize]) -> Touched {
     let mut t = Touched::default();

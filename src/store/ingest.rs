@@ -70,18 +70,7 @@ pub(super) async fn restate(
 ) -> Result<i64, StoreError> {
     // No events: the counter, the transaction time and the stored rows being restated (so a
     // backend writes them as updates of what it holds, like any batch's rows).
-    let ids = |keys: Vec<&String>| {
-        let mut ids: Vec<String> = keys.into_iter().cloned().collect();
-        ids.sort_unstable();
-        ids
-    };
-    let touched = Touched {
-        processes: ids(rows.processes.keys().collect()),
-        nodes: ids(rows.nodes.keys().collect()),
-        tasks: ids(rows.tasks.keys().collect()),
-        cc_tasks: ids(rows.cc_tasks.keys().collect()),
-    };
-    let read = tx.insert_and_read(&[], &[], &touched).await?;
+    let read = tx.insert_and_read(&[], &[], &Touched::of(&rows)).await?;
     let plan = fold::restate(rows, previous, read.revision, read.now);
     let writes = plan.revision != read.revision;
     tx.commit(writes.then_some(&plan)).await?;
