@@ -39,7 +39,7 @@ pub(super) struct ChangeRow {
     pub entity_id: String,
     pub process_id: String,
     pub event_id: String,
-    /// The row as JSON text.
+    /// The row as JSON text, without its `versions` (rows.rs).
     pub state: String,
     pub change_time: DateTime<Utc>,
     pub process_status: Option<i32>,
@@ -772,6 +772,25 @@ mod tests {
         // The placeholder took the child's business type; the process event kept it.
         assert_eq!(plan.processes["p"].biz_type.as_deref(), Some("leave"));
         assert_eq!(plan.tasks["task"].status, Some(2));
+    }
+
+    #[test]
+    fn change_rows_hold_the_state_without_the_merge_stamps() {
+        let events = [
+            event("t1", 10, task("p", "task", 1)),
+            event("s1", 11, status("p", 2, Some("leave"))),
+        ];
+        let plan = fold(&events, &[true; 2], &mut Current::default(), 0, Utc::now());
+        // The rows keep their stamps for the next merge; the log leaves them out.
+        assert!(!plan.tasks["task"].versions.is_empty());
+        assert_eq!(plan.changes.len(), 3);
+        for change in &plan.changes {
+            let state: serde_json::Value = serde_json::from_str(&change.state).unwrap();
+            assert!(state.get("versions").is_none(), "{}", change.state);
+            assert_eq!(state["revision"], change.revision);
+        }
+        let task: TaskState = serde_json::from_str(&plan.changes[1].state).unwrap();
+        assert_eq!(task.status, Some(1));
     }
 
     #[test]

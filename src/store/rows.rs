@@ -41,7 +41,10 @@ pub(super) fn decode_detail(
 }
 
 /// Per field, the `(create_time, event_id)` of the event that set it: the per-field merge of
-/// invariant 3 (`fold.rs`). Rows stored before it was kept have none.
+/// invariant 3 (`fold.rs`). Rows stored before it was kept have none. It is bookkeeping for
+/// the next merge and stays in its column: a row serialized is its change-log state
+/// (`fold.rs`), whose readers turn it into domain types without it, so it is left out there
+/// (over half of a change row's bytes). Rows read back from either store carry it.
 pub(super) type Versions = std::collections::BTreeMap<String, (i64, String)>;
 
 /// The `processes` columns only REST observations fill (`domain::ProcessInfo`); names, links
@@ -82,7 +85,7 @@ pub(super) struct CcInfoRow {
     pub user_id_type: Option<String>,
 }
 
-/// A `processes` row; serialized, it is what `to_jsonb(row)` gives.
+/// A `processes` row; read as `to_jsonb(row)` (Postgres) or `RowJson` (SQLite).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub(super) struct ProcessState {
     pub process_id: String,
@@ -96,8 +99,8 @@ pub(super) struct ProcessState {
     pub event_id: Option<String>,
     pub change_time: DateTime<Utc>,
     pub revision: i64,
-    /// See [`Versions`].
-    #[serde(default)]
+    /// See [`Versions`], also for why it is not serialized.
+    #[serde(default, skip_serializing)]
     #[sqlx(json)]
     pub versions: Versions,
     /// What REST observations tell (absent from rows stored before they were kept).
@@ -122,8 +125,8 @@ pub(super) struct NodeState {
     pub event_id: String,
     pub change_time: DateTime<Utc>,
     pub revision: i64,
-    /// See [`Versions`].
-    #[serde(default)]
+    /// See [`Versions`], also for why it is not serialized.
+    #[serde(default, skip_serializing)]
     #[sqlx(json)]
     pub versions: Versions,
 }
@@ -145,8 +148,8 @@ pub(super) struct TaskState {
     pub event_id: String,
     pub change_time: DateTime<Utc>,
     pub revision: i64,
-    /// See [`Versions`].
-    #[serde(default)]
+    /// See [`Versions`], also for why it is not serialized.
+    #[serde(default, skip_serializing)]
     #[sqlx(json)]
     pub versions: Versions,
     /// What REST observations tell (absent from rows stored before they were kept).
@@ -168,8 +171,8 @@ pub(super) struct CcState {
     pub event_id: String,
     pub change_time: DateTime<Utc>,
     pub revision: i64,
-    /// See [`Versions`].
-    #[serde(default)]
+    /// See [`Versions`], also for why it is not serialized.
+    #[serde(default, skip_serializing)]
     #[sqlx(json)]
     pub versions: Versions,
     /// What REST observations tell (absent from rows stored before they were kept).
