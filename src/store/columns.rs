@@ -16,6 +16,16 @@ pub(super) enum Value<'a> {
     Time(DateTime<Utc>),
     /// JSON text, serialized once from the typed value.
     Json(Cow<'a, str>),
+    /// A row's per-field stamps: compared typed (a backend diffing a row against the stored one
+    /// serializes neither side for that), written as JSON text by [`Value::stamps_json`].
+    Stamps(&'a Versions),
+}
+
+impl Value<'_> {
+    /// The JSON text stored for [`Value::Stamps`].
+    pub fn stamps_json(v: &Versions) -> String {
+        serde_json::to_string(v).expect("versions serialize")
+    }
 }
 
 /// A row that ingest writes: its table, key and columns in order.
@@ -34,10 +44,8 @@ fn opt(s: &Option<String>) -> Value<'_> {
     Value::Text(s.as_deref())
 }
 
-fn versions(v: &Versions) -> Value<'static> {
-    Value::Json(Cow::Owned(
-        serde_json::to_string(v).expect("versions serialize"),
-    ))
+fn versions(v: &Versions) -> Value<'_> {
+    Value::Stamps(v)
 }
 
 impl Columns for ProcessState {

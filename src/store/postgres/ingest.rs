@@ -186,7 +186,7 @@ impl<'a> ColumnArray<'a> {
             Value::Int(_) => Self::Int(Vec::with_capacity(len)),
             Value::BigInt(_) => Self::BigInt(Vec::with_capacity(len)),
             Value::Time(_) => Self::Time(Vec::with_capacity(len)),
-            Value::Json(_) => Self::Json(Vec::with_capacity(len)),
+            Value::Json(_) | Value::Stamps(_) => Self::Json(Vec::with_capacity(len)),
         }
     }
 
@@ -197,6 +197,7 @@ impl<'a> ColumnArray<'a> {
             (Self::BigInt(a), Value::BigInt(v)) => a.push(v),
             (Self::Time(a), Value::Time(v)) => a.push(v),
             (Self::Json(a), Value::Json(v)) => a.push(v.into_owned()),
+            (Self::Json(a), Value::Stamps(v)) => a.push(Value::stamps_json(v)),
             _ => unreachable!("a column holds one type"),
         }
     }

@@ -303,6 +303,7 @@ fn bind<'a>(b: &mut Separated<'_, 'a, Sqlite, &'static str>, value: Value<'a>) {
         Value::BigInt(v) => b.push_bind(v),
         Value::Time(t) => b.push_bind(stored_time(t)),
         Value::Json(j) => b.push_bind(j),
+        Value::Stamps(v) => b.push_bind(Value::stamps_json(v)),
     };
 }
 
