@@ -32,24 +32,79 @@ pub struct IngestArgs {
     /// Which stores to run the service on; with both, their ratio is printed.
     #[arg(long, value_enum, default_value_t = Stores::Both)]
     pub store: Stores,
+    /// Rounds to run, each on every store in turn (a fresh database each time); with more than
+    /// one, the medians over the rounds are printed last.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+}
+
+/// One store's result in one round.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    rate: f64,
+    p99_ms: f64,
 }
 
 /// One prepared delivery: body and X-Lark-* headers.
 type Delivery = (Vec<u8>, Vec<(&'static str, String)>);
 
 pub async fn run(admin: &str, args: IngestArgs) -> anyhow::Result<()> {
-    let mut rates = Vec::new();
-    for store in args.store.each() {
-        let db = BenchDb::on(store, admin).await?;
-        println!("on {}:", db.describe());
-        let rate = run_ours(&db.url, &args).await;
-        db.drop_now().await?;
-        rates.push(rate?);
+    let stores = args.store.each();
+    // Per store, its run of each round.
+    let mut runs: Vec<Vec<Run>> = vec![Vec::new(); stores.len()];
+    let mut ratios = Vec::new();
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            println!("round {round} of {}:", args.rounds);
+        }
+        for (store, runs) in stores.iter().zip(&mut runs) {
+            let db = BenchDb::on(*store, admin).await?;
+            println!("on {}:", db.describe());
+            let run = run_ours(&db.url, &args).await;
+            db.drop_now().await?;
+            runs.push(run?);
+        }
+        if let [sqlite, postgres] = &runs[..]
+            && let (Some(sqlite), Some(postgres)) = (sqlite.last(), postgres.last())
+        {
+            let ratio = sqlite.rate / postgres.rate;
+            println!("ratio: SQLite ÷ Postgres = {ratio:.2}");
+            ratios.push(ratio);
+        }
     }
-    if let [sqlite, postgres] = rates[..] {
-        println!("ratio: SQLite ÷ Postgres = {:.2}", sqlite / postgres);
+    if args.rounds > 1 {
+        println!("medians over {} rounds:", args.rounds);
+        for (store, runs) in stores.iter().zip(&runs) {
+            let rates: Vec<f64> = runs.iter().map(|r| r.rate).collect();
+            let p99s: Vec<f64> = runs.iter().map(|r| r.p99_ms).collect();
+            let name = match store {
+                Stores::Sqlite => "SQLite",
+                _ => "Postgres",
+            };
+            println!(
+                "  {name}: {:.0} events/s (runs {}), ack p99 {:.2} ms (runs {})",
+                median(&rates),
+                spread(&rates, 0),
+                median(&p99s),
+                spread(&p99s, 1),
+            );
+        }
+        if !ratios.is_empty() {
+            println!(
+                "  ratio SQLite ÷ Postgres: {:.2} (rounds: {})",
+                median(&ratios),
+                ratios
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
-    let ours = rates.last().copied().unwrap_or_default();
+    // The last store's median, against the naive design.
+    let ours = runs.last().map_or(0.0, |runs| {
+        median(&runs.iter().map(|r| r.rate).collect::<Vec<_>>())
+    });
     if args.store != Stores::Sqlite && args.baseline_seconds > 0 {
         let baseline = BenchDb::create(admin).await?;
         let naive = pgbench_naive(&baseline, &args).await;
@@ -67,8 +122,8 @@ pub async fn run(admin: &str, args: IngestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the webhook load; returns events per second.
-async fn run_ours(database_url: &str, args: &IngestArgs) -> anyhow::Result<f64> {
+/// Runs the webhook load; returns events per second and the ack p99.
+async fn run_ours(database_url: &str, args: &IngestArgs) -> anyhow::Result<Run> {
     let replica = Replica::start(
         database_url,
         &[
@@ -155,7 +210,28 @@ async fn run_ours(database_url: &str, args: &IngestArgs) -> anyhow::Result<f64> 
         "revisions have gaps"
     );
     println!("  revisions 1..={revision}, gap-free and commit-ordered");
-    Ok(rate)
+    Ok(Run {
+        rate,
+        p99_ms: percentile(&latencies, 99.0),
+    })
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// `values` from the smallest to the largest, as `min–max`.
+fn spread(values: &[f64], decimals: usize) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{min:.decimals$}–{max:.decimals$}")
 }
 
 /// Mean batch size and mean transaction time in ms, from the replica's own metrics.
@@ -257,4 +333,17 @@ async fn pgbench_naive(db: &BenchDb, args: &IngestArgs) -> anyhow::Result<f64> {
         .context("no tps in pgbench's output")?;
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(tps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{median, spread};
+
+    #[test]
+    fn medians_and_spreads_of_rounds() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[1.4, 1.6, 1.5, 1.2]), 1.45);
+        assert!(median(&[]).is_nan());
+        assert_eq!(spread(&[1.26, 1.64, 1.5], 1), "1.3–1.6");
+    }
 }
