@@ -791,6 +791,12 @@ mod tests {
         }
         let task: TaskState = serde_json::from_str(&plan.changes[1].state).unwrap();
         assert_eq!(task.status, Some(1));
+        // A change logged before, stamps included, reads the same.
+        let mut old: serde_json::Value = serde_json::from_str(&plan.changes[1].state).unwrap();
+        old["versions"] = serde_json::json!({ "status": [10, "t1"] });
+        let old: TaskState = serde_json::from_value(old).unwrap();
+        assert_eq!(old.status, task.status);
+        assert_eq!(old.versions["status"], (10, "t1".to_owned()));
     }
 
     #[test]
