@@ -5,6 +5,7 @@
 
 mod checkpoint;
 mod ingest;
+mod lookaside;
 mod read;
 
 use super::{
@@ -14,7 +15,7 @@ use super::{
 use crate::domain::{Event, Process, ProcessDetail, Task};
 use chrono::{DateTime, Utc};
 use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,6 +45,19 @@ const JOURNAL_SIZE_LIMIT: &str = "67108864";
 /// a signal instead of an error, which is why local disks only (the lock file already rules
 /// out network file systems and other processes).
 const MMAP_SIZE: &str = "2147418112";
+
+/// Every connection's settings (and sqlx's default `foreign_keys = on`).
+const PRAGMAS: &[(&str, &str)] = &[
+    ("journal_mode", "wal"),
+    // An ack means the event is on disk: each commit is synced (once per batch).
+    ("synchronous", "full"),
+    ("foreign_keys", "on"),
+    // Statement journals (multi-row writes) in memory, not in temporary files.
+    ("temp_store", "memory"),
+    ("wal_autocheckpoint", WAL_AUTOCHECKPOINT),
+    ("journal_size_limit", JOURNAL_SIZE_LIMIT),
+    ("mmap_size", MMAP_SIZE),
+];
 
 /// A time as stored: RFC 3339 in UTC with six fractional digits, so text order is time order.
 pub fn stored_time(t: DateTime<Utc>) -> String {
@@ -76,24 +90,23 @@ impl SqliteStore {
                 .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", dir.display())))?;
         }
         let lock = FileLock::take(path)?;
-        let options = SqliteConnectOptions::new()
+        let opened = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // An ack means the event is on disk: each commit is synced (once per batch).
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true)
-            // Statement journals (multi-row writes) in memory, not in temporary files.
-            .pragma("temp_store", "memory")
-            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT)
-            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT)
-            .pragma("mmap_size", MMAP_SIZE);
+            .busy_timeout(BUSY_TIMEOUT);
+        let options = PRAGMAS
+            .iter()
+            .fold(opened.clone(), |options, (key, value)| {
+                options.pragma(*key, *value)
+            });
+        // The writer applies the settings itself, after sizing its lookaside pool (which SQLite
+        // allows only before the connection has used the pool).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.clone())
+            .after_connect(|conn, _| Box::pin(lookaside::open_writer(conn)))
+            .connect_with(opened)
             .await?;
         let bell = Arc::new(watch::channel(0).0);
         let checkpoints = checkpoint::Checkpoints::start(
