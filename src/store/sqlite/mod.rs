@@ -46,7 +46,8 @@ const JOURNAL_SIZE_LIMIT: &str = "67108864";
 /// out network file systems and other processes).
 const MMAP_SIZE: &str = "2147418112";
 
-/// Every connection's settings (and sqlx's default `foreign_keys = on`).
+/// Every connection's settings: the readers' and the checkpointer's connect options, and the
+/// writer's first statements (`lookaside.rs`).
 const PRAGMAS: &[(&str, &str)] = &[
     ("journal_mode", "wal"),
     // An ack means the event is on disk: each commit is synced (once per batch).
