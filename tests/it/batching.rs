@@ -281,3 +281,61 @@ async fn a_failed_sqlite_batch_leaves_nothing_and_the_connection_takes_the_next(
     assert_eq!(inbox, events.len() as i64);
     assert!(revision > 3);
 }
+
+/// On SQLite, a batch whose read fails to decode a stored row (the select's row is decoded
+/// while SQLite's worker runs the inbox insert) is rolled back whole, inbox insert included,
+/// and the writer's connection takes the next batch.
+#[tokio::test]
+async fn an_unreadable_stored_row_fails_its_sqlite_batch_and_leaves_nothing() {
+    use sqlx::Connection;
+    let db = TestDb::on(Backend::Sqlite).await;
+    let store = any_store(&db).await;
+    let mut seen = std::collections::HashSet::new();
+    let events: Vec<Event> = stream(6)
+        .into_iter()
+        .filter(|e| seen.insert(e.event_id.clone()))
+        .collect();
+    let (first, rest) = events.split_at(10);
+    let stored: std::collections::HashSet<&str> = first
+        .iter()
+        .filter_map(|e| e.update.as_ref().map(|u| u.process_id()))
+        .collect();
+    let second: Vec<Event> = rest
+        .iter()
+        .filter(|e| {
+            e.update
+                .as_ref()
+                .is_some_and(|u| stored.contains(u.process_id()))
+        })
+        .cloned()
+        .collect();
+    assert!(!second.is_empty());
+    store.ingest(first).await.unwrap();
+    let before = db.counts().await;
+
+    let mut conn = sqlx::SqliteConnection::connect(&db.url()).await.unwrap();
+    for table in ["processes", "nodes", "tasks", "cc_tasks"] {
+        sqlx::query(&format!(
+            "update {table} set versions = '{{\"status\": 1}}'"
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let error = store.ingest(&second).await.unwrap_err();
+    assert!(
+        matches!(error, process_state::store::StoreError::Decode(_)),
+        "{error}"
+    );
+    assert_eq!(db.counts().await, before, "nothing of the batch stays");
+
+    for table in ["processes", "nodes", "tasks", "cc_tasks"] {
+        sqlx::query(&format!("update {table} set versions = '{{}}'"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    store.ingest(&second).await.unwrap();
+    let (inbox, _, _) = db.counts().await;
+    assert_eq!(inbox, before.0 + second.len() as i64);
+}

@@ -58,36 +58,36 @@ impl SqliteIngest {
         })
     }
 
-    /// Runs `q`'s statements; the rows of each statement, in order. A `persistent` text stays
+    /// Runs `q`'s statements, handing each row to `row` with its statement's index as it
+    /// arrives: SQLite's worker runs the next statement meanwhile. A `persistent` text stays
     /// prepared on the connection (sqlx's statement cache, 100 texts, least recently used out).
     async fn run(
         &mut self,
         mut q: QueryBuilder<'_, Sqlite>,
         persistent: bool,
-    ) -> Result<Vec<Vec<SqliteRow>>, StoreError> {
+        mut row: impl FnMut(usize, SqliteRow) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let conn = self.conn.as_deref_mut().expect("connection until dropped");
         self.open = true;
-        let mut statements = vec![Vec::new()];
-        let result: Result<(), sqlx::Error> = async {
-            let mut rows = conn.fetch_many(q.build().persistent(persistent));
-            while let Some(item) = rows.try_next().await? {
+        let result: Result<(), StoreError> = async {
+            let mut items = conn.fetch_many(q.build().persistent(persistent));
+            let mut statement = 0;
+            while let Some(item) = items.try_next().await? {
                 match item {
-                    Either::Left(_) => statements.push(Vec::new()),
-                    Either::Right(row) => statements.last_mut().expect("one").push(row),
+                    Either::Left(_) => statement += 1,
+                    Either::Right(r) => row(statement, r)?,
                 }
             }
             Ok(())
         }
         .await;
-        if let Err(e) = result {
+        if result.is_err() {
             // Whatever ran is undone; a connection that cannot roll back is not reused.
             if sqlx::query("rollback").execute(&mut *conn).await.is_ok() {
                 self.open = false;
             }
-            return Err(e.into());
         }
-        statements.pop();
-        Ok(statements)
+        result
     }
 }
 
@@ -158,28 +158,26 @@ impl IngestTx for SqliteIngest {
         }
         // Its text changes only with the number of new events, so it is kept prepared: parsing
         // was ~18 % of the writer thread (store-level batch time −2–6 % cached). The writes'
-        // text changes with which columns changed, so it is parsed each time.
-        let statements = self.run(q, true).await?;
-        // `begin immediate`, then the select's one row.
-        let missing = || StoreError::Setup("the revision counter row is missing".into());
-        let Some([row]) = statements.get(1).map(Vec::as_slice) else {
-            return Err(missing());
-        };
-        let revision = row.try_get::<Option<i64>, _>(0)?.ok_or_else(missing)?;
-        let held: Vec<String> = json_column(row, 1)?;
+        // text changes with which columns changed, so it is parsed each time. The select's row
+        // (statement 1, after `begin immediate`) is decoded as it arrives, and copied for the
+        // diff in `commit`, while SQLite's worker runs the inbox insert.
+        let mut read = None;
+        self.run(q, true, |statement, row| {
+            if statement == 1 && read.is_none() {
+                let (revision, held, current) = decode_read(&row)?;
+                read = Some((revision, held, current.clone(), current));
+            }
+            Ok(())
+        })
+        .await?;
+        let (revision, held, before, current) = read.ok_or_else(missing_counter)?;
         let held: std::collections::HashSet<&str> = held.iter().map(String::as_str).collect();
         let stored = ids
             .into_iter()
             .filter(|id| !held.contains(id))
             .map(str::to_owned)
             .collect();
-        let current = Current {
-            processes: keyed(json_column(row, 2)?, |r: &ProcessState| &r.process_id),
-            nodes: keyed(json_column(row, 3)?, |r: &NodeState| &r.process_node_id),
-            tasks: keyed(json_column(row, 4)?, |r: &TaskState| &r.approver_id),
-            cc_tasks: keyed(json_column(row, 5)?, |r: &CcState| &r.approver_id),
-        };
-        self.before = current.clone();
+        self.before = before;
         Ok(Read {
             stored,
             current,
@@ -204,7 +202,7 @@ impl IngestTx for SqliteIngest {
             q.push("; ");
         }
         q.push("commit");
-        self.run(q, false).await?;
+        self.run(q, false, |_, _| Ok(())).await?;
         self.open = false;
         if let Some(plan) = plan {
             self.bell.send_replace(plan.revision);
@@ -305,6 +303,25 @@ fn bind<'a>(b: &mut Separated<'_, 'a, Sqlite, &'static str>, value: Value<'a>) {
         Value::Json(j) => b.push_bind(j),
         Value::Stamps(v) => b.push_bind(Value::stamps_json(v)),
     };
+}
+
+fn missing_counter() -> StoreError {
+    StoreError::Setup("the revision counter row is missing".into())
+}
+
+/// The read phase's one row: the counter, the event ids the inbox holds already, and the
+/// touched rows of each table.
+fn decode_read(row: &SqliteRow) -> Result<(i64, Vec<String>, Current), StoreError> {
+    let revision = row
+        .try_get::<Option<i64>, _>(0)?
+        .ok_or_else(missing_counter)?;
+    let current = Current {
+        processes: keyed(json_column(row, 2)?, |r: &ProcessState| &r.process_id),
+        nodes: keyed(json_column(row, 3)?, |r: &NodeState| &r.process_node_id),
+        tasks: keyed(json_column(row, 4)?, |r: &TaskState| &r.approver_id),
+        cc_tasks: keyed(json_column(row, 5)?, |r: &CcState| &r.approver_id),
+    };
+    Ok((revision, json_column(row, 1)?, current))
 }
 
 /// Column `i` of `row`, a JSON array, decoded.
