@@ -32,11 +32,21 @@ fn scenario(seed: u64, n: usize) -> (Vec<Vec<Value>>, Vec<String>) {
     (per_process, ids)
 }
 
-/// Delivers each process's events in order, processes concurrently.
+/// Delivers each process's events in order, processes concurrently. A 503 (the event not
+/// committed within the webhook's budget: hundreds of senders on a loaded test machine) is
+/// redelivered, as Feishu does; any other answer fails the test.
 async fn deliver_all(app: &TestApp, per_process: &[Vec<Value>]) {
     futures::future::join_all(per_process.iter().map(|events| async move {
         for e in events {
-            assert_eq!(app.deliver(e).await.0, 200);
+            let mut status = app.deliver(e).await.0;
+            for _ in 0..5 {
+                if status != 503 {
+                    break;
+                }
+                eprintln!("503: redelivered");
+                status = app.deliver(e).await.0;
+            }
+            assert_eq!(status, 200);
         }
     }))
     .await;
