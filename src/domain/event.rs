@@ -41,8 +41,10 @@ pub struct Event {
     pub tenant_key: Option<String>,
     /// `header.app_id`.
     pub app_id: Option<String>,
-    /// The plaintext event JSON as received (after decryption).
-    pub payload: serde_json::Value,
+    /// The plaintext event JSON as received (after decryption, the Verification Token
+    /// redacted), as the text the inbox stores: serialized once at intake, off the writer's
+    /// path.
+    pub payload: String,
     /// Which intake path delivered it.
     pub source: EventSource,
     /// What the event changes, if it is one of the five CoreHR process events.

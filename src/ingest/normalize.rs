@@ -57,7 +57,7 @@ pub fn normalize(envelope: Envelope, source: EventSource) -> Event {
         create_time: envelope.create_time.unwrap_or(0),
         tenant_key: envelope.tenant_key.clone(),
         app_id: envelope.app_id.clone(),
-        payload: envelope.redacted_json(),
+        payload: envelope.redacted_json().to_string(),
         source,
         update,
     }

@@ -186,6 +186,7 @@ mod tests {
             panic!()
         };
         assert_eq!(p.status, None);
-        assert!(events[0].payload["event"].get("status").is_none());
+        let payload: serde_json::Value = serde_json::from_str(&events[0].payload).unwrap();
+        assert!(payload["event"].get("status").is_none());
     }
 }

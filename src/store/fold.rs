@@ -678,7 +678,7 @@ mod tests {
             create_time: time,
             tenant_key: Some("tenant".into()),
             app_id: None,
-            payload: serde_json::json!({}),
+            payload: "{}".into(),
             source: EventSource::Webhook,
             update,
         }

@@ -136,7 +136,7 @@ async fn insert_and_read(
     .bind(opt(|e| e.tenant_key.clone()))
     .bind(opt(|e| e.app_id.clone()))
     // As JSON text into a `json` column: exact, `\u0000` escapes included (jsonb refuses them).
-    .bind(firsts.iter().map(|&i| events[i].payload.to_string()).collect::<Vec<_>>())
+    .bind(firsts.iter().map(|&i| events[i].payload.as_str()).collect::<Vec<_>>())
     .bind(&touched.processes)
     .bind(&touched.nodes)
     .bind(&touched.tasks)

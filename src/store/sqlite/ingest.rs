@@ -152,7 +152,7 @@ impl IngestTx for SqliteIngest {
                     .push_bind(e.create_time)
                     .push_bind(&e.tenant_key)
                     .push_bind(&e.app_id)
-                    .push_bind(e.payload.to_string());
+                    .push_bind(&e.payload);
             });
             q.push(" on conflict (event_id) do nothing; ");
         }
