@@ -40,6 +40,15 @@ fn stream(seed: u64) -> Vec<Event> {
         .collect()
 }
 
+/// The stream of `seed` without its duplicates.
+fn distinct(seed: u64) -> Vec<Event> {
+    let mut seen = std::collections::HashSet::new();
+    stream(seed)
+        .into_iter()
+        .filter(|e| seen.insert(e.event_id.clone()))
+        .collect()
+}
+
 async fn store(db: &TestDb) -> PgStore {
     let store = PgStore::connect(db.options.clone(), 2, Duration::from_secs(5))
         .await
@@ -183,12 +192,7 @@ async fn a_poison_event_fails_alone_and_its_batch_neighbours_are_stored() {
         process_state::enrich::Enricher::off(),
     );
 
-    let mut seen = std::collections::HashSet::new();
-    let mut events: Vec<Event> = stream(4)
-        .into_iter()
-        .filter(|e| seen.insert(e.event_id.clone()))
-        .take(12)
-        .collect();
+    let mut events: Vec<Event> = distinct(4).into_iter().take(12).collect();
     let poison = events.len() / 2;
     events[poison].event_id = "poison\u{0}event".into();
     // Announced before any is submitted: the writer waits for all of them (well inside the
@@ -247,12 +251,7 @@ async fn a_failed_sqlite_batch_leaves_nothing_and_the_connection_takes_the_next(
     use sqlx::Connection;
     let db = TestDb::on(Backend::Sqlite).await;
     let store = any_store(&db).await;
-    let mut seen = std::collections::HashSet::new();
-    let events: Vec<Event> = stream(5)
-        .into_iter()
-        .filter(|e| seen.insert(e.event_id.clone()))
-        .take(10)
-        .collect();
+    let events: Vec<Event> = distinct(5).into_iter().take(10).collect();
     let mut conn = sqlx::SqliteConnection::connect(&db.url()).await.unwrap();
     sqlx::query(
         "create trigger refuse after insert on changes when new.revision = 3
@@ -290,11 +289,7 @@ async fn an_unreadable_stored_row_fails_its_sqlite_batch_and_leaves_nothing() {
     use sqlx::Connection;
     let db = TestDb::on(Backend::Sqlite).await;
     let store = any_store(&db).await;
-    let mut seen = std::collections::HashSet::new();
-    let events: Vec<Event> = stream(6)
-        .into_iter()
-        .filter(|e| seen.insert(e.event_id.clone()))
-        .collect();
+    let events = distinct(6);
     let (first, rest) = events.split_at(10);
     let stored: std::collections::HashSet<&str> = first
         .iter()
@@ -314,14 +309,16 @@ async fn an_unreadable_stored_row_fails_its_sqlite_batch_and_leaves_nothing() {
     let before = db.counts().await;
 
     let mut conn = sqlx::SqliteConnection::connect(&db.url()).await.unwrap();
-    for table in ["processes", "nodes", "tasks", "cc_tasks"] {
-        sqlx::query(&format!(
-            "update {table} set versions = '{{\"status\": 1}}'"
-        ))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    }
+    let mut set_versions = async |json: &str| {
+        for table in ["processes", "nodes", "tasks", "cc_tasks"] {
+            sqlx::query(&format!("update {table} set versions = ?"))
+                .bind(json)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    };
+    set_versions(r#"{"status": 1}"#).await;
     let error = store.ingest(&second).await.unwrap_err();
     assert!(
         matches!(error, process_state::store::StoreError::Decode(_)),
@@ -329,12 +326,7 @@ async fn an_unreadable_stored_row_fails_its_sqlite_batch_and_leaves_nothing() {
     );
     assert_eq!(db.counts().await, before, "nothing of the batch stays");
 
-    for table in ["processes", "nodes", "tasks", "cc_tasks"] {
-        sqlx::query(&format!("update {table} set versions = '{{}}'"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
+    set_versions("{}").await;
     store.ingest(&second).await.unwrap();
     let (inbox, _, _) = db.counts().await;
     assert_eq!(inbox, before.0 + second.len() as i64);
