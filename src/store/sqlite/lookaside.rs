@@ -1,6 +1,6 @@
 //! The writer connection's lookaside pool: SQLite's per-connection slots for small
-//! allocations, sized up for the writer only. The crate's one `unsafe` call (its test reads
-//! the pool's counter the same way).
+//! allocations, sized up for the writer only, through one `unsafe` call (its test reads the
+//! pool's counter the same way).
 //!
 //! Parsing and running a batch's multi-row statements allocates far more small objects than
 //! SQLite's default pool holds (40 slots of 1,200 bytes); the rest go to `malloc`. 1,000 slots

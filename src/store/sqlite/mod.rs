@@ -7,6 +7,7 @@ mod checkpoint;
 mod ingest;
 mod lookaside;
 mod read;
+mod wal_writes;
 
 use super::{
     ChangeLog, Doorbell, LogBounds, Outcome, Page, PageRequest, ProcessFilter, Retention, Store,
@@ -101,13 +102,15 @@ impl SqliteStore {
                 options.pragma(*key, *value)
             });
         // The writer applies the settings itself, after sizing its lookaside pool (which SQLite
-        // allows only before the connection has used the pool).
+        // allows only before the connection has used the pool), and writes its WAL through
+        // `wal_writes.rs`.
+        let vfs = wal_writes::register().map_err(StoreError::Setup)?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|conn, _| Box::pin(lookaside::open_writer(conn)))
-            .connect_with(opened)
+            .connect_with(opened.clone().vfs(vfs))
             .await?;
         let bell = Arc::new(watch::channel(0).0);
         let checkpoints = checkpoint::Checkpoints::start(
