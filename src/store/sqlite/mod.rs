@@ -51,7 +51,8 @@ const MMAP_SIZE: &str = "2147418112";
 /// writer's first statements (`lookaside.rs`).
 const PRAGMAS: &[(&str, &str)] = &[
     ("journal_mode", "wal"),
-    // An ack means the event is on disk: each commit is synced (once per batch).
+    // An ack means the event is on disk: each commit is synced (once per batch). The
+    // writer's WAL writes wait for that sync (`wal_writes.rs`), so this stays `full`.
     ("synchronous", "full"),
     ("foreign_keys", "on"),
     // Statement journals (multi-row writes) in memory, not in temporary files.
