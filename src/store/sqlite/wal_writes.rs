@@ -40,6 +40,10 @@ struct WalFile {
     at: i64,
 }
 
+// `unix`'s handle follows a `WalFile` and needs 8-byte alignment, which SQLite's allocation of
+// `szOsFile` bytes has.
+const _: () = assert!(size_of::<WalFile>().is_multiple_of(8));
+
 /// The `unix` VFS this one forwards to, once registered.
 struct Unix(*mut ffi::sqlite3_vfs);
 // SAFETY: SQLite's VFS objects are immutable once registered and safe to use from any thread.
@@ -58,8 +62,8 @@ pub(super) fn register() -> Result<&'static str, String> {
             return Err("this SQLite has no unix VFS".to_owned());
         }
         let mut ours = *unix;
-        ours.szOsFile =
-            c_int::try_from(size_of::<WalFile>()).unwrap_or(c_int::MAX) + (*unix).szOsFile;
+        let own = c_int::try_from(size_of::<WalFile>()).expect("a few dozen bytes");
+        ours.szOsFile = own + (*unix).szOsFile;
         ours.zName = NAME_C.as_ptr();
         ours.pNext = ptr::null_mut();
         ours.xOpen = Some(open);
