@@ -7,6 +7,7 @@ mod checkpoint;
 mod ingest;
 mod lookaside;
 mod read;
+#[cfg(unix)]
 mod wal_writes;
 
 use super::{
@@ -104,14 +105,16 @@ impl SqliteStore {
             });
         // The writer applies the settings itself, after sizing its lookaside pool (which SQLite
         // allows only before the connection has used the pool), and writes its WAL through
-        // `wal_writes.rs`.
-        let vfs = wal_writes::register().map_err(StoreError::Setup)?;
+        // `wal_writes.rs` (a wrapper of SQLite's `unix` VFS; elsewhere SQLite's own).
+        let writer_options = opened.clone();
+        #[cfg(unix)]
+        let writer_options = writer_options.vfs(wal_writes::register().map_err(StoreError::Setup)?);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(|conn, _| Box::pin(lookaside::open_writer(conn)))
-            .connect_with(opened.clone().vfs(vfs))
+            .connect_with(writer_options)
             .await?;
         let bell = Arc::new(watch::channel(0).0);
         let checkpoints = checkpoint::Checkpoints::start(

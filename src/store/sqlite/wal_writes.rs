@@ -414,11 +414,12 @@ mod tests {
         !file.is_null() && ptr::eq(unsafe { (*file).pMethods }, &METHODS)
     }
 
-    /// Write system calls this thread has made so far.
-    fn writes_so_far() -> u64 {
-        let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
-        let line = io.lines().find(|l| l.starts_with("syscw:")).unwrap();
-        line["syscw:".len()..].trim().parse().unwrap()
+    /// Write system calls this thread has made so far (Linux's per-thread I/O accounting;
+    /// `None` where there is none).
+    fn writes_so_far() -> Option<u64> {
+        let io = std::fs::read_to_string("/proc/thread-self/io").ok()?;
+        let line = io.lines().find(|l| l.starts_with("syscw:"))?;
+        line["syscw:".len()..].trim().parse().ok()
     }
 
     /// Rows `1..=n` of 3,000 characters each (about a page each), `i * factor` zero-padded.
@@ -440,7 +441,9 @@ mod tests {
         assert!(wal_is_ours(db.0), "the WAL is not opened through the VFS");
         let before = writes_so_far();
         db.run(&format!("begin; insert into t {}; commit", rows(200, 1)));
-        let writes = writes_so_far() - before;
+        let writes = writes_so_far()
+            .zip(before)
+            .map(|(after, before)| after - before);
         // Committed means written: the file holds the WAL's header and every frame.
         let on_disk = std::fs::metadata(dir.join("t.db-wal")).unwrap().len();
         let checkpoint = db.run("pragma wal_checkpoint(passive)");
@@ -453,10 +456,13 @@ mod tests {
             32 + frames * (24 + 4096),
             "bytes in the WAL after the commit"
         );
-        assert!(
-            writes <= 12,
-            "{writes} write calls for a commit of {frames} frames"
-        );
+        match writes {
+            Some(writes) => assert!(
+                writes <= 12,
+                "{writes} write calls for a commit of {frames} frames"
+            ),
+            None => eprintln!("no /proc/thread-self/io here: write calls not counted"),
+        }
     }
 
     /// A transaction larger than the page cache spills pages into the WAL before its commit,
