@@ -160,21 +160,25 @@ unsafe extern "C" fn write(
     amount: c_int,
     offset: i64,
 ) -> c_int {
-    // SAFETY: as in `flush`; SQLite's `data` holds `amount` bytes.
+    // SAFETY: as in `flush` (each borrow of the `WalFile` ends before `flush` takes its own);
+    // SQLite's `data` holds `amount` bytes.
     unsafe {
-        let wal = &mut *file.cast::<WalFile>();
         let len = usize::try_from(amount).unwrap_or(0);
-        let end = wal.at + wal.pending.len() as i64;
-        let joins = !wal.pending.is_empty() && offset == end;
-        if !joins || wal.pending.len() + len > LIMIT {
+        let (joins, room) = {
+            let wal = &*file.cast::<WalFile>();
+            let end = wal.at + wal.pending.len() as i64;
+            let joins = !wal.pending.is_empty() && offset == end;
+            (joins, wal.pending.len() + len <= LIMIT)
+        };
+        if !joins || !room {
             let rc = flush(file);
             if rc != ffi::SQLITE_OK {
                 return rc;
             }
-            wal.at = offset;
+            (*file.cast::<WalFile>()).at = offset;
         }
-        wal.pending
-            .extend_from_slice(std::slice::from_raw_parts(data.cast(), len));
+        let bytes = std::slice::from_raw_parts(data.cast(), len);
+        (*file.cast::<WalFile>()).pending.extend_from_slice(bytes);
         ffi::SQLITE_OK
     }
 }
@@ -185,12 +189,15 @@ unsafe extern "C" fn read(
     amount: c_int,
     offset: i64,
 ) -> c_int {
-    // SAFETY: as in `flush`. A read of bytes still buffered (SQLite rereading frames of the
+    // SAFETY: as in `write`. A read of bytes still buffered (SQLite rereading frames of the
     // open transaction) first writes them.
     unsafe {
-        let wal = &*file.cast::<WalFile>();
-        let end = wal.at + wal.pending.len() as i64;
-        if !wal.pending.is_empty() && offset < end && offset + i64::from(amount) > wal.at {
+        let overlaps = {
+            let wal = &*file.cast::<WalFile>();
+            let end = wal.at + wal.pending.len() as i64;
+            !wal.pending.is_empty() && offset < end && offset + i64::from(amount) > wal.at
+        };
+        if overlaps {
             let rc = flush(file);
             if rc != ffi::SQLITE_OK {
                 return rc;
