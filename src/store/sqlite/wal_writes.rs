@@ -40,6 +40,13 @@ struct WalFile {
     at: i64,
 }
 
+impl WalFile {
+    /// Where the buffered bytes end in the file.
+    fn end(&self) -> i64 {
+        self.at + self.pending.len() as i64
+    }
+}
+
 // `unix`'s handle follows a `WalFile` and needs 8-byte alignment, which SQLite's allocation of
 // `szOsFile` bytes has.
 const _: () = assert!(size_of::<WalFile>().is_multiple_of(8));
@@ -166,8 +173,7 @@ unsafe extern "C" fn write(
         let len = usize::try_from(amount).unwrap_or(0);
         let (joins, room) = {
             let wal = &*file.cast::<WalFile>();
-            let end = wal.at + wal.pending.len() as i64;
-            let joins = !wal.pending.is_empty() && offset == end;
+            let joins = !wal.pending.is_empty() && offset == wal.end();
             (joins, wal.pending.len() + len <= LIMIT)
         };
         if !joins || !room {
@@ -194,8 +200,7 @@ unsafe extern "C" fn read(
     unsafe {
         let overlaps = {
             let wal = &*file.cast::<WalFile>();
-            let end = wal.at + wal.pending.len() as i64;
-            !wal.pending.is_empty() && offset < end && offset + i64::from(amount) > wal.at
+            !wal.pending.is_empty() && offset < wal.end() && offset + i64::from(amount) > wal.at
         };
         if overlaps {
             let rc = flush(file);
